@@ -1,0 +1,71 @@
+"""The ``streambill`` command line: one entry point per role (CONTRACT section 3)."""
+
+from __future__ import annotations
+
+import click
+
+from streambill.settings import load_settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streambill")
+def main() -> None:
+    """streambill: streaming real-time prepaid billing."""
+
+
+@main.command()
+@click.option("--workers", default=1, show_default=True, help="Worker processes to start.")
+def up(workers: int) -> None:
+    """Start the embedded stack: broker, worker(s), api, demo data and traffic."""
+    from streambill.stack import run_up
+
+    raise SystemExit(run_up(load_settings(), workers=workers))
+
+
+@main.command()
+@click.option("--web-port", type=int, default=None, help="Port of /healthz, /readyz, /metrics.")
+def worker(web_port: int | None) -> None:
+    """Run the Faust worker (all agents and their tables)."""
+    from streambill.agents.worker import run_worker
+
+    settings = load_settings()
+    if web_port is not None:
+        settings = settings.model_copy(update={"worker_port": web_port})
+    raise SystemExit(run_worker(settings))
+
+
+@main.command()
+def api() -> None:
+    """Run the api: REST, the ClickHouse sink and the live fan-out."""
+    from streambill.api.server import run_api
+
+    raise SystemExit(run_api(load_settings()))
+
+
+@main.command()
+@click.option("--customers", default=50, show_default=True, help="Demo customers to create.")
+@click.option("--rate", default=20.0, show_default=True, help="Usage events per second.")
+@click.option("--events", default=0, show_default=True, help="Stop after N events (0: run on).")
+@click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same data).")
+def demo(customers: int, rate: float, events: int, seed: int) -> None:
+    """Create demo customers and send synthetic usage with a progress bar."""
+    from streambill.demo import run_demo
+
+    raise SystemExit(
+        run_demo(load_settings(), customers=customers, rate=rate, events=events, seed=seed)
+    )
+
+
+@main.command()
+@click.option("--events", default=200_000, show_default=True, help="Events in the throughput phase.")
+@click.option("--rate", default=2000.0, show_default=True, help="Offered rate of the latency phase.")
+@click.option("--customers", default=100_000, show_default=True, help="Distinct customers.")
+def bench(events: int, rate: float, customers: int) -> None:
+    """Measure the running stack; the last line printed is one JSON object."""
+    from streambill.bench import run_bench
+
+    raise SystemExit(run_bench(load_settings(), events=events, rate=rate, customers=customers))
+
+
+if __name__ == "__main__":
+    main()

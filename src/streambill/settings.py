@@ -1,0 +1,81 @@
+"""One frozen settings object, built in each entry point and passed in.
+
+Every variable has the prefix ``STREAMBILL_`` (CONTRACT section 2). Defaults describe the
+embedded stack; production points the same names at Kafka, a ClickHouse server and
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Process settings. Build one with :func:`load_settings` in an entry point."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMBILL_", frozen=True, extra="ignore")
+
+    data_dir: Path = Path("./.streambill")
+    kafka_bootstrap: str | None = None
+    broker_port: int = 9092
+    broker_storage: Literal["durable", "memory"] = "durable"
+    topic_partitions: int = Field(default=8, ge=1, le=256)
+    clickhouse_url: str | None = None
+    database_url: str | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # The worker's own HTTP port (/healthz, /readyz, /metrics); `up` gives worker i port + i.
+    worker_port: int = 6066
+    # The embedded S3 store (localbucket) behind the durable broker; 0 picks a free port.
+    bucket_port: int = 0
+    admin_api_key: str | None = None
+    demo: bool = False
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
+    # Worker tuning. The batch bounds how many events one table update covers.
+    worker_batch_max: int = Field(default=2000, ge=1, le=100_000)
+    worker_batch_wait_ms: int = Field(default=20, ge=1, le=5_000)
+    # Usage for an account the worker has not seen yet waits this long before dead-lettering.
+    unknown_customer_retry_s: float = Field(default=90.0, ge=0)
+    # Producer duplicates of an event_id are ignored for at least this long.
+    dedup_window_s: int = Field(default=8 * 24 * 3600, ge=7 * 24 * 3600)
+    # Kafka session timeout; short so that group joins on the embedded broker take seconds.
+    kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
+    sink_flush_rows: int = Field(default=1000, ge=1)
+    sink_flush_interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("kafka_bootstrap", "clickhouse_url", "database_url", "admin_api_key")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def bootstrap(self) -> str:
+        """Where Kafka clients connect: the external cluster or the embedded broker."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb:///{self.data_dir.resolve() / 'clickhouse'}"
+
+    @property
+    def control_db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir.resolve() / 'control.db'}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (and explicit overrides, which win)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

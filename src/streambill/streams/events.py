@@ -1,0 +1,249 @@
+"""One pydantic model per topic of CONTRACT section 4, and decoders with stable error codes.
+
+Amounts given by people are decimal strings in major units; amounts the system emits are
+integer micros. Unknown fields are ignored. Decoders raise :class:`~streambill.errors.InvalidJson`
+or :class:`~streambill.errors.InvalidEvent`; the agent turns those into dead letters.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from streambill.domain.money import MAX_QUANTITY, check_currency, parse_decimal, to_micros
+from streambill.errors import InvalidEvent, InvalidJson
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+M = TypeVar("M", bound=BaseModel)
+Currency = Literal["EUR", "USD", "GBP"]
+
+
+def _decimal(field: str) -> BeforeValidator:
+    return BeforeValidator(lambda v: parse_decimal(v, field=field))
+
+
+DecimalText = PlainSerializer(lambda d: str(d), return_type=str)
+Quantity = Annotated[Decimal, _decimal("quantity"), DecimalText]
+Price = Annotated[Decimal, _decimal("unit_price"), DecimalText]
+AmountText = Annotated[Decimal, _decimal("amount"), DecimalText]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=False)
+
+
+class PriceItem(_Event):
+    meter: str = Field(min_length=1, max_length=64)
+    unit_price: Price
+
+    @field_validator("unit_price")
+    @classmethod
+    def _non_negative(cls, v: Decimal) -> Decimal:
+        if v < 0:
+            raise ValueError("unit_price must be >= 0")
+        return v
+
+
+class AutoTopup(_Event):
+    enabled: bool = False
+    threshold: AmountText = Decimal(0)
+    amount: AmountText = Decimal(0)
+
+    @model_validator(mode="after")
+    def _amounts(self) -> AutoTopup:
+        if self.threshold < 0 or self.amount < 0:
+            raise ValueError("auto_topup threshold and amount must be >= 0")
+        if self.enabled and self.amount <= 0:
+            raise ValueError("auto_topup amount must be > 0 when enabled")
+        return self
+
+
+class AccountEvent(_Event):
+    """``billing.accounts.v1``, key ``account_id``, compacted; written by the control plane.
+
+    ``low_balance_threshold`` (an extension of the contract) overrides the auto top-up
+    threshold as the level below which a ``low_balance`` alert fires.
+    """
+
+    account_id: str = Field(min_length=1, max_length=128)
+    kind: Literal["customer", "reseller"]
+    parent_id: str | None = Field(default=None, max_length=128)
+    name: str = Field(default="", max_length=256)
+    currency: Currency
+    status: Literal["active", "suspended", "closed"] = "active"
+    prices: list[PriceItem] = Field(default_factory=list, max_length=256)
+    auto_topup: AutoTopup | None = None
+    low_balance_threshold: AmountText | None = None
+    updated_at: AwareDatetime
+
+    def price_map(self) -> dict[str, Decimal]:
+        return {p.meter: p.unit_price for p in self.prices}
+
+    def low_threshold_micros(self) -> int:
+        """The level below which the balance counts as low (0: only depletion alerts)."""
+        if self.low_balance_threshold is not None:
+            return to_micros(self.low_balance_threshold, field="low_balance_threshold")
+        if self.auto_topup is not None and self.auto_topup.enabled:
+            return to_micros(self.auto_topup.threshold, field="auto_topup.threshold")
+        return 0
+
+
+class UsageEvent(_Event):
+    """``billing.usage.v1``, key ``customer_id``; written by services."""
+
+    event_id: str = Field(min_length=1, max_length=128)
+    customer_id: str = Field(min_length=1, max_length=128)
+    meter: str = Field(min_length=1, max_length=64)
+    quantity: Quantity
+    occurred_at: AwareDatetime
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("quantity")
+    @classmethod
+    def _quantity(cls, v: Decimal) -> Decimal:
+        if v < 0:
+            raise ValueError("quantity must be >= 0")
+        if v > MAX_QUANTITY:
+            raise ValueError("quantity too large")
+        return v
+
+
+PaymentKind = Literal["topup", "refund", "chargeback", "adjustment"]
+
+
+class PaymentEvent(_Event):
+    """``billing.payments.v1``, key ``customer_id``.
+
+    ``topup`` credits, ``refund`` and ``chargeback`` debit (their amount is positive),
+    ``adjustment`` adds its signed amount.
+    """
+
+    event_id: str = Field(min_length=1, max_length=128)
+    customer_id: str = Field(min_length=1, max_length=128)
+    kind: PaymentKind
+    amount: AmountText
+    currency: Currency
+    occurred_at: AwareDatetime
+    provider: str | None = Field(default=None, max_length=64)
+    provider_ref: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _sign(self) -> PaymentEvent:
+        if self.kind == "adjustment":
+            if self.amount == 0:
+                raise ValueError("adjustment amount must not be 0")
+        elif self.amount <= 0:
+            raise ValueError(f"{self.kind} amount must be > 0")
+        return self
+
+    def signed_micros(self) -> int:
+        """The effect on the balance: credit positive, debit negative."""
+        micros = to_micros(self.amount)
+        return -micros if self.kind in ("refund", "chargeback") else micros
+
+
+class LedgerEntry(_Event):
+    """``billing.ledger.v1``, key ``customer_id``: one entry per applied event."""
+
+    entry_id: str
+    source_event_id: str
+    source_topic: str
+    customer_id: str
+    reseller_id: str | None
+    kind: str
+    meter: str | None = None
+    quantity: str | None = None
+    amount_micros: int
+    balance_micros: int
+    currency: Currency
+    seq: int
+    occurred_at: datetime
+    applied_at: datetime
+
+
+class Alert(_Event):
+    """``billing.alerts.v1``, key ``customer_id``."""
+
+    alert_id: str
+    customer_id: str
+    reseller_id: str | None
+    kind: str
+    details: dict[str, Any]
+    created_at: datetime
+
+
+class DeadLetter(_Event):
+    """``billing.deadletter.v1``: every input that cannot be applied, with the reason."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: str
+    error_code: str
+    reason: str
+    failed_at: datetime
+
+
+def _first_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "event"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode_object(raw: bytes | str) -> dict[str, Any]:
+    """Bytes -> a JSON object, or :class:`InvalidJson`.
+
+    >>> decode_object(b'{"a": 1}')
+    {'a': 1}
+    >>> decode_object(b'{"a": ')
+    Traceback (most recent call last):
+    ...
+    streambill.errors.InvalidJson: payload is not valid JSON
+    """
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise InvalidEvent(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidJson("payload is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"payload must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _validate(model: type[M], obj: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidEvent(_first_error(exc)) from None
+
+
+def decode_usage(raw: bytes | str) -> UsageEvent:
+    return _validate(UsageEvent, decode_object(raw))
+
+
+def decode_payment(raw: bytes | str) -> PaymentEvent:
+    event = _validate(PaymentEvent, decode_object(raw))
+    check_currency(event.currency)
+    return event
+
+
+def decode_account(raw: bytes | str) -> AccountEvent:
+    return _validate(AccountEvent, decode_object(raw))

@@ -1,0 +1,44 @@
+"""Topic names and their configuration. Every topic is created explicitly before use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+ACCOUNTS: Final = "billing.accounts.v1"
+USAGE: Final = "billing.usage.v1"
+PAYMENTS: Final = "billing.payments.v1"
+LEDGER: Final = "billing.ledger.v1"
+ALERTS: Final = "billing.alerts.v1"
+DEADLETTER: Final = "billing.deadletter.v1"
+# Usage for a customer the worker has not seen yet waits here, so it never blocks a partition.
+RETRY: Final = "billing.retry.v1"
+
+# The Faust app id; Faust names table changelogs "<app id>-<table>-changelog".
+APP_ID: Final = "streambill"
+BALANCES_CHANGELOG: Final = f"{APP_ID}-balances-changelog"
+DEDUP_CHANGELOG: Final = f"{APP_ID}-dedup-changelog"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(partitions: int) -> list[TopicSpec]:
+    """Every topic the stack uses. Customer-keyed topics and the tables' changelogs share one
+    partition count (Faust raises PartitionsMismatch otherwise)."""
+    compacted = {"cleanup.policy": "compact"}
+    return [
+        TopicSpec(ACCOUNTS, partitions, compacted),
+        TopicSpec(USAGE, partitions),
+        TopicSpec(PAYMENTS, partitions),
+        TopicSpec(LEDGER, partitions),
+        TopicSpec(ALERTS, partitions),
+        TopicSpec(DEADLETTER, partitions),
+        TopicSpec(RETRY, partitions),
+        TopicSpec(BALANCES_CHANGELOG, partitions, compacted),
+        TopicSpec(DEDUP_CHANGELOG, partitions, compacted),
+    ]
