@@ -8,6 +8,7 @@ or :class:`~streambill.errors.InvalidEvent`; the agent turns those into dead let
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cached_property
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -24,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from streambill.domain.money import MAX_QUANTITY, check_currency, parse_decimal, to_micros
+from streambill.domain.money import MAX_QUANTITY, parse_decimal, to_micros
 from streambill.errors import InvalidEvent, InvalidJson
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -90,9 +91,12 @@ class AccountEvent(_Event):
     low_balance_threshold: AmountText | None = None
     updated_at: AwareDatetime
 
+    @cached_property
     def price_map(self) -> dict[str, Decimal]:
+        """Meter -> unit price, computed once per account version (accounts are frozen)."""
         return {p.meter: p.unit_price for p in self.prices}
 
+    @cached_property
     def low_threshold_micros(self) -> int:
         """The level below which the balance counts as low (0: only depletion alerts)."""
         if self.low_balance_threshold is not None:
@@ -235,14 +239,20 @@ def _validate(model: type[M], obj: dict[str, Any]) -> M:
         raise InvalidEvent(_first_error(exc)) from None
 
 
+def usage_from_obj(obj: dict[str, Any]) -> UsageEvent:
+    return _validate(UsageEvent, obj)
+
+
+def payment_from_obj(obj: dict[str, Any]) -> PaymentEvent:
+    return _validate(PaymentEvent, obj)
+
+
 def decode_usage(raw: bytes | str) -> UsageEvent:
-    return _validate(UsageEvent, decode_object(raw))
+    return usage_from_obj(decode_object(raw))
 
 
 def decode_payment(raw: bytes | str) -> PaymentEvent:
-    event = _validate(PaymentEvent, decode_object(raw))
-    check_currency(event.currency)
-    return event
+    return payment_from_obj(decode_object(raw))
 
 
 def decode_account(raw: bytes | str) -> AccountEvent:

@@ -11,13 +11,12 @@ PAYMENTS: Final = "billing.payments.v1"
 LEDGER: Final = "billing.ledger.v1"
 ALERTS: Final = "billing.alerts.v1"
 DEADLETTER: Final = "billing.deadletter.v1"
-# Usage for a customer the worker has not seen yet waits here, so it never blocks a partition.
-RETRY: Final = "billing.retry.v1"
 
 # The Faust app id; Faust names table changelogs "<app id>-<table>-changelog".
 APP_ID: Final = "streambill"
 BALANCES_CHANGELOG: Final = f"{APP_ID}-balances-changelog"
 DEDUP_CHANGELOG: Final = f"{APP_ID}-dedup-changelog"
+ACCOUNTS_CHANGELOG: Final = f"{APP_ID}-accounts-changelog"
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ def topic_specs(partitions: int) -> list[TopicSpec]:
         TopicSpec(LEDGER, partitions),
         TopicSpec(ALERTS, partitions),
         TopicSpec(DEADLETTER, partitions),
-        TopicSpec(RETRY, partitions),
         TopicSpec(BALANCES_CHANGELOG, partitions, compacted),
         TopicSpec(DEDUP_CHANGELOG, partitions, compacted),
+        TopicSpec(ACCOUNTS_CHANGELOG, partitions, compacted),
     ]

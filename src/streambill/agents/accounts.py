@@ -1,0 +1,97 @@
+"""The ``accounts`` agent: fills the global accounts table from ``billing.accounts.v1``.
+
+The compacted accounts topic is consumed by the worker group; every account lands in a
+GlobalTable whose changelog every worker reads in full, so each partition's events can look
+up any account. Invalid account records go to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+
+from streambill.agents.app import BytesKeyed
+from streambill.agents.metrics import ACCOUNTS_KNOWN
+from streambill.agents.publisher import Publisher
+from streambill.engine.balances import Message, Record
+from streambill.errors import StreambillError
+from streambill.streams import topics
+from streambill.streams.codec import dumps
+from streambill.streams.events import AccountEvent, decode_account
+
+log = logging.getLogger(__name__)
+
+
+class AccountCache:
+    """Parsed accounts, re-parsed only when the stored bytes change."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._parsed: dict[str, tuple[bytes, AccountEvent]] = {}
+
+    def get(self, account_id: str) -> AccountEvent | None:
+        raw = self._store.get(account_id)
+        if raw is None:
+            return None
+        held = self._parsed.get(account_id)
+        if held is not None and held[0] is raw:
+            return held[1]
+        try:
+            account = decode_account(raw)
+        except StreambillError:  # validated before it was stored; a bad record is skipped
+            return None
+        self._parsed[account_id] = (raw, account)
+        return account
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+def dead_letter(rec: Record, code: str, reason: str) -> Message:
+    letter = {
+        "topic": rec.topic,
+        "partition": rec.partition,
+        "offset": rec.offset,
+        "key": rec.key.decode("utf-8", "replace") if rec.key is not None else None,
+        "value": (rec.value or b"").decode("utf-8", "replace"),
+        "error_code": code,
+        "reason": reason,
+        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+    }
+    key = rec.key or f"{rec.topic}:{rec.partition}:{rec.offset}".encode()
+    return Message(topics.DEADLETTER, rec.partition, key, dumps(letter))
+
+
+def register(app: faust.App, table: faust.GlobalTable, publisher: Publisher) -> Any:
+    """Every worker's global table reads the whole changelog; this agent writes it.
+
+    The value is stored through the table's storage and published to the changelog
+    explicitly (bytes keys, raw values), the same way the balances agent writes its tables.
+    """
+    store = BytesKeyed(table.data)
+    source = app.topic(topics.ACCOUNTS, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="accounts")
+    async def accounts(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            rec = Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+            try:
+                account = decode_account(msg.value or b"")
+            except StreambillError as exc:
+                await publisher.publish([dead_letter(rec, exc.code, exc.message)])
+                continue
+            if msg.key is not None and msg.key != account.account_id.encode():
+                reason = f"key {msg.key!r} differs from account_id {account.account_id!r}"
+                await publisher.publish([dead_letter(rec, "invalid_event", reason)])
+                continue
+            key = account.account_id.encode()
+            change = Message(topics.ACCOUNTS_CHANGELOG, msg.partition, key, msg.value)
+            await publisher.publish([change])
+            store[account.account_id] = msg.value
+            ACCOUNTS_KNOWN.set(len(store))
+
+    return accounts

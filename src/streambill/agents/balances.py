@@ -1,0 +1,99 @@
+"""The ``balances`` agent: rates usage, applies payments, emits one ledger entry per event.
+
+Thin by design: it batches with ``take_events``, hands raw records to
+:class:`~streambill.engine.balances.BalanceEngine` and publishes the result in the two phases
+that make effects exactly-once (see :mod:`streambill.engine.balances`). Tables are written
+through their storage plus an explicit changelog message to the source partition, which is
+what batch mode requires (a table cannot be assigned outside per-event iteration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+
+from streambill.agents.metrics import BATCH_EVENTS, BATCH_SECONDS, PARKED_CUSTOMERS, count_outputs
+from streambill.agents.publisher import Publisher
+from streambill.engine.balances import BalanceEngine, Outputs, Record
+from streambill.settings import Settings
+from streambill.streams import topics
+
+log = logging.getLogger(__name__)
+
+
+class BalancesRuntime:
+    """Serializes the agent's batches and the timers' sweeps over one engine."""
+
+    def __init__(self, engine: BalanceEngine, publisher: Publisher) -> None:
+        self.engine = engine
+        self.publisher = publisher
+        self.lock = asyncio.Lock()
+        self.batches = 0
+
+    async def emit(self, out: Outputs) -> None:
+        # Phase 1: ledger, alerts, dead letters, re-routes, dedup records. Phase 2: state.
+        await self.publisher.publish(out.first)
+        await self.publisher.publish(out.state)
+        count_outputs(out)
+
+    async def process(self, records: list[Record]) -> None:
+        async with self.lock:
+            started = time.perf_counter()
+            out = self.engine.process(records, time.time())
+            await self.emit(out)
+            self.batches += 1
+            BATCH_SECONDS.observe(time.perf_counter() - started)
+            BATCH_EVENTS.observe(len(records))
+
+    async def sweep(self, owned: set[int]) -> None:
+        async with self.lock:
+            out = self.engine.sweep_parked(owned, time.time())
+            if out.first or out.state:
+                await self.emit(out)
+            PARKED_CUSTOMERS.set(len(self.engine.parked_customers))
+
+    async def expire_dedup(self, owned: set[int]) -> None:
+        async with self.lock:
+            tombstones = self.engine.expire_dedup(owned, time.time())
+            await self.publisher.publish(tombstones)
+
+    def forget_partitions(self, revoked: set[int]) -> None:
+        """Drop state of partitions another worker now owns; it comes back by recovery."""
+        engine = self.engine
+        for store in (engine.balances, engine.dedup):
+            for key in [k for k in store if engine.partition_of(_customer(k)) in revoked]:
+                del store[key]
+        for cid in [c for c, p in engine.parked_customers.items() if p in revoked]:
+            del engine.parked_customers[cid]
+
+
+def _customer(key: Any) -> str:
+    text = key.decode() if isinstance(key, bytes) else str(key)
+    return text.split("\x1f", 1)[0]
+
+
+def register(app: faust.App, settings: Settings, runtime: BalancesRuntime) -> Any:
+    source = app.topic(topics.USAGE, topics.PAYMENTS, key_serializer="raw", value_serializer="raw")
+    batch_max = settings.worker_batch_max
+    within = settings.worker_batch_wait_ms / 1000
+
+    @app.agent(source, name="balances")
+    async def balances(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(batch_max, within=within):
+            records = [
+                Record(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                )
+                for e in events
+            ]
+            await runtime.process(records)
+
+    return balances
