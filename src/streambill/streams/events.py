@@ -8,8 +8,8 @@ or :class:`~streambill.errors.InvalidEvent`; the agent turns those into dead let
 from __future__ import annotations
 
 from datetime import datetime
-from functools import cached_property
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson

@@ -1,0 +1,241 @@
+"""``streambill bench``: throughput, baseline and latency of the running stack (CONTRACT 6).
+
+Phases, all against the broker at ``settings.bootstrap`` with the worker(s) already running:
+
+1. setup -- upsert ``customers`` accounts (one price list), top each up, and wait until the
+   worker has applied every top-up (which proves it knows every account);
+2. throughput -- produce N usage events as fast as the producer takes them; the clock runs
+   from the first produce to the N-th distinct ledger entry of this run consumed;
+3. baseline -- raw aiokafka reads the same N usage messages and decodes each (median of 3);
+4. latency -- offer ``rate`` events/s for ~10 s; produced -> ledger entry consumed, p50/p99.
+
+Progress goes to stderr; the last line on stdout is the result object.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Final
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message
+
+from streambill.loadgen import benchdata as data
+from streambill.loadgen.baseline import baseline_seconds
+from streambill.loadgen.kafka import LedgerHit, LedgerWatcher, Sender, usage_offsets
+from streambill.loadgen.stats import BenchFigures, bench_result
+from streambill.loadgen.traffic import Pacer
+from streambill.loadgen.workers import worker_memory
+from streambill.settings import Settings
+from streambill.streams.topics import ACCOUNTS, LEDGER, PAYMENTS, USAGE
+
+log = logging.getLogger(__name__)
+
+FIRST_ENTRY_TIMEOUT_S: Final = 180.0  # the worker may still be joining its group
+STALL_TIMEOUT_S: Final = 30.0  # no new ledger entry of this run for this long: give up
+LATENCY_PHASE_S: Final = 10.0
+BASELINE_RUNS: Final = 3
+POLL_EVERY: Final = 5_000
+
+
+class BenchError(Exception):
+    """A phase could not finish (ledger entries stopped arriving, broker unreachable)."""
+
+
+def _progress(text: str) -> None:
+    sys.stderr.write(f"[bench] {text}\n")
+    sys.stderr.flush()
+
+
+def _await(
+    watcher: LedgerWatcher,
+    sender: Sender,
+    pending: set[str],
+    *,
+    what: str,
+    first_timeout_s: float = STALL_TIMEOUT_S,
+    on_hit: Callable[[LedgerHit], None] | None = None,
+) -> int:
+    """Consume the ledger until every id in ``pending`` has an entry; the last hit's time.
+
+    Bounded: fails when no pending id arrives for ``first_timeout_s`` before the first hit,
+    or for :data:`STALL_TIMEOUT_S` after it.
+    """
+    last_ns = time.monotonic_ns()
+    last_progress = time.monotonic()
+    limit_s, total = first_timeout_s, len(pending)
+    while pending:
+        sender.poll(0)
+        for hit in watcher.poll(0.05):
+            if hit.source_event_id in pending:
+                pending.discard(hit.source_event_id)
+                last_ns, last_progress, limit_s = hit.consumed_ns, time.monotonic(), STALL_TIMEOUT_S
+                if on_hit is not None:
+                    on_hit(hit)
+        if time.monotonic() - last_progress > limit_s:
+            raise BenchError(
+                f"{what}: {len(pending)} of {total} ledger entries missing; none arrived for "
+                f"{limit_s:.0f} s (is the worker running on {LEDGER}?)"
+            )
+    return last_ns
+
+
+def _setup(sender: Sender, watcher: LedgerWatcher, run_id: str, customers: int) -> None:
+    now = datetime.now(UTC)
+    last_by_partition: dict[int, int] = {}
+
+    def on_account(index: int) -> Callable[[KafkaError | None, Message], None]:
+        def record(err: KafkaError | None, msg: Message) -> None:
+            sender.record(err, msg)
+            if err is None:
+                last_by_partition[msg.partition() or 0] = index
+
+        return record
+
+    for index in range(1, customers + 1):
+        value = orjson.dumps(data.bench_account(index, now))
+        sender.send(ACCOUNTS, data.customer_id(index), value, on_account(index))
+    if sender.flush() or sender.failed:
+        raise BenchError(f"{sender.failed} account(s) could not be produced to {ACCOUNTS}")
+    # The last account of every accounts partition goes first: once those are applied, the
+    # worker has read every partition of the accounts topic up to its end.
+    probes = sorted(set(last_by_partition.values()))
+    probe_set = set(probes)
+    rest = [i for i in range(1, customers + 1) if i not in probe_set]
+    for batch, what, timeout_s in (
+        (probes, "account probes", FIRST_ENTRY_TIMEOUT_S),
+        (rest, "top-ups", STALL_TIMEOUT_S),
+    ):
+        for index in batch:
+            sender.send_json(
+                PAYMENTS, data.customer_id(index), data.bench_topup(run_id, index, now)
+            )
+        _progress(f"setup: waiting for {len(batch)} {what}")
+        pending = {data.event_id(run_id, "p", i) for i in batch}
+        _await(watcher, sender, pending, what=what, first_timeout_s=timeout_s)
+
+
+def _throughput(
+    sender: Sender, watcher: LedgerWatcher, run_id: str, events: int, customers: int
+) -> float:
+    rng = random.Random(run_id)
+    pending = {data.event_id(run_id, "t", i) for i in range(events)}
+    started_ns = time.monotonic_ns()
+    occurred_at = datetime.now(UTC).isoformat()
+    early: list[LedgerHit] = []
+    for index in range(events):
+        customer = rng.randrange(customers) + 1
+        value = data.bench_usage(run_id, "t", index, customer, occurred_at, None)
+        sender.send(USAGE, data.customer_id(customer), orjson.dumps(value))
+        if index % POLL_EVERY == POLL_EVERY - 1:
+            sender.poll(0)
+            early.extend(watcher.poll(0))
+    _progress(f"throughput: {events} produced in {(time.monotonic_ns() - started_ns) / 1e9:.2f} s")
+    last_ns = started_ns
+    for hit in early:
+        if hit.source_event_id in pending:
+            pending.discard(hit.source_event_id)
+            last_ns = hit.consumed_ns
+    if pending:
+        last_ns = _await(watcher, sender, pending, what="throughput")
+    return (last_ns - started_ns) / 1e9
+
+
+def _latency(
+    sender: Sender, watcher: LedgerWatcher, run_id: str, rate: float, customers: int
+) -> list[float]:
+    count = max(1, int(rate * LATENCY_PHASE_S))
+    rng = random.Random(f"{run_id}-latency")
+    sent_ns: dict[str, int] = {}
+    latencies_ms: list[float] = []
+
+    def on_hit(hit: LedgerHit) -> None:
+        started = sent_ns.pop(hit.source_event_id, None)
+        if started is not None:
+            latencies_ms.append((hit.consumed_ns - started) / 1e6)
+
+    pacer, index = Pacer(time.monotonic()), 0
+    while index < count:
+        due = min(pacer.due(time.monotonic(), rate), count - index)
+        occurred_at = datetime.now(UTC).isoformat()
+        for _ in range(due):
+            customer = rng.randrange(customers) + 1
+            value = data.bench_usage(run_id, "l", index, customer, occurred_at, time.time_ns())
+            sent_ns[data.event_id(run_id, "l", index)] = time.monotonic_ns()
+            sender.send(USAGE, data.customer_id(customer), orjson.dumps(value))
+            index += 1
+        sender.poll(0)
+        for hit in watcher.poll(0.001):
+            on_hit(hit)
+    if sent_ns:
+        _await(watcher, sender, set(sent_ns), what="latency", on_hit=on_hit)
+    return latencies_ms
+
+
+def _baseline(settings: Settings, start: dict[int, int], events: int) -> list[float]:
+    runs = []
+    for attempt in range(BASELINE_RUNS):
+        seconds = baseline_seconds(settings.bootstrap, USAGE, start, events)
+        _progress(f"baseline {attempt + 1}/{BASELINE_RUNS}: {events / seconds:,.0f} events/s")
+        runs.append(seconds)
+    return runs
+
+
+def _measure(
+    settings: Settings, run_id: str, *, events: int, rate: float, customers: int
+) -> tuple[int, float, list[float], list[float]]:
+    sender = Sender(settings, client_id=f"streambill-{run_id}")
+    partitions = sender.partitions(USAGE)
+    watcher = LedgerWatcher(settings, LEDGER, prefix=run_id, group_id=f"streambill-{run_id}")
+    try:
+        _progress(f"run {run_id}: {customers} customers, {partitions} partitions")
+        _setup(sender, watcher, run_id, customers)
+        start = usage_offsets(settings, USAGE)
+        throughput_s = _throughput(sender, watcher, run_id, events, customers)
+        _progress(f"throughput: {events / throughput_s:,.0f} events/s ({throughput_s:.2f} s)")
+        baseline_runs = _baseline(settings, start, events)
+        _progress(f"latency: offering {rate:,.0f} events/s for {LATENCY_PHASE_S:.0f} s")
+        latencies_ms = _latency(sender, watcher, run_id, rate, customers)
+    finally:
+        watcher.close()
+        sender.flush(10)
+    return partitions, throughput_s, baseline_runs, latencies_ms
+
+
+def run_bench(settings: Settings, *, events: int, rate: float, customers: int) -> int:
+    """Run every phase against the running stack; print the result as the last stdout line."""
+    if events < 1 or rate <= 0 or customers < 1:
+        _progress("need --events >= 1, --rate > 0 and --customers >= 1")
+        return 2
+    started = time.monotonic()
+    run_id = data.new_run_id()
+    try:
+        partitions, throughput_s, baseline_runs, latencies_ms = _measure(
+            settings, run_id, events=events, rate=rate, customers=customers
+        )
+    except (BenchError, KafkaException, TimeoutError, RuntimeError) as exc:
+        _progress(f"FAILED: {exc}")
+        log.error("bench %s failed: %s", run_id, exc)
+        return 1
+    memory = worker_memory(settings.worker_port, settings.data_dir)
+    figures = BenchFigures(
+        events=events,
+        rate=rate,
+        customers=customers,
+        partitions=partitions,
+        workers=len(memory.rss_mb),
+        throughput_s=throughput_s,
+        baseline_runs_s=baseline_runs,
+        latencies_ms=latencies_ms,
+        worker_rss_mb=memory.rss_mb,
+        duration_s=time.monotonic() - started,
+        run_id=run_id,
+    )
+    sys.stdout.write(orjson.dumps(bench_result(figures)).decode() + "\n")
+    sys.stdout.flush()
+    return 0
