@@ -57,8 +57,12 @@ def demo(customers: int, rate: float, events: int, seed: int) -> None:
 
 
 @main.command()
-@click.option("--events", default=200_000, show_default=True, help="Events in the throughput phase.")
-@click.option("--rate", default=2000.0, show_default=True, help="Offered rate of the latency phase.")
+@click.option(
+    "--events", default=200_000, show_default=True, help="Events in the throughput phase."
+)
+@click.option(
+    "--rate", default=2000.0, show_default=True, help="Offered rate of the latency phase."
+)
 @click.option("--customers", default=100_000, show_default=True, help="Distinct customers.")
 def bench(events: int, rate: float, customers: int) -> None:
     """Measure the running stack; the last line printed is one JSON object."""

@@ -1,0 +1,70 @@
+"""Errors -> HTTP: one table from stable codes to status; one JSON shape for every error.
+
+Body: ``{"error": {"code": "...", "message": "..."}}`` (CONTRACT section 5).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from streambill.errors import StreambillError
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE: Final[dict[str, int]] = {
+    "invalid_json": 400,
+    "invalid_event": 422,
+    "invalid_request": 422,
+    "unknown_meter": 422,
+    "currency_mismatch": 422,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "unknown_customer": 404,
+    "unavailable": 503,
+    "clickhouse_unavailable": 503,
+}
+_HTTP_CODES: Final[dict[int, str]] = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "rate_limited",
+}
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(StreambillError)
+    async def _domain(request: Request, exc: StreambillError) -> JSONResponse:
+        status = STATUS_BY_CODE.get(exc.code, 500)
+        if status >= 500:
+            log.warning("request failed: %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(error_body(exc.code, exc.message), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse(
+            error_body("invalid_request", f"{where}: {first.get('msg')}"), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )

@@ -1,0 +1,349 @@
+"""``streambill up``: the one-command embedded stack.
+
+Starts the broker (Tansu, durable on localbucket under the data dir, or memory), creates the
+topics, starts ``streambill worker`` (one per ``--workers``) and ``streambill api`` as child
+processes, waits until each answers ``/readyz``, then the demo traffic when
+``STREAMBILL_DEMO=1``, and prints the URLs and the admin key.
+
+Stopping (Ctrl-C, SIGTERM, SIGHUP): demo, api, workers (SIGTERM, up to 30 s each for a clean
+exit, then SIGKILL), broker, object store; exit code 0 when everything stopped on its own.
+Children run in their own session, so a Ctrl-C reaches only this process, which stops them
+in that order; they also receive SIGTERM from the kernel if this process dies.
+
+A crashed worker, api or broker stops the whole stack with exit code 1; nothing is restarted
+here, because a restart loop hides a crash (a supervisor such as systemd or Kubernetes owns
+restarts). The demo is not essential: when it exits, the stack keeps running.
+
+One data dir holds one stack (a lock file refuses a second ``up``); two stacks with different
+data dirs and ports run side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from streambill.broker.admin import ensure_topics
+from streambill.broker.embedded import EmbeddedBroker
+from streambill.broker.process import ChildProcess, DirLock, pid_alive, require_free_port
+from streambill.errors import StreambillError
+from streambill.settings import Settings
+from streambill.streams.topics import topic_specs
+
+log = logging.getLogger(__name__)
+
+READY_LINE = "streambill is ready"
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+TOPICS_TIMEOUT_S = 60.0
+MONITOR_INTERVAL_S = 0.5
+ADMIN_KEY_FILE = "admin_api_key"
+ADMIN_KEY_PREFIX = "sb_admin_"
+DEMO_ARGS = ("--customers", "50", "--rate", "20")
+# How children are started; tests replace it with a stand-in CLI to test the supervision.
+CHILD_COMMAND: tuple[str, ...] = (sys.executable, "-m", "streambill.cli")
+
+
+class StackError(StreambillError):
+    """The stack could not start, or a part of it died."""
+
+    code = "stack_failed"
+
+
+@dataclass
+class _Stack:
+    settings: Settings
+    data_dir: Path
+    broker: EmbeddedBroker | None = None
+    workers: list[ChildProcess] = field(default_factory=list)
+    api: ChildProcess | None = None
+    demo: ChildProcess | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def child(self, name: str, args: list[str], env: dict[str, str]) -> ChildProcess:
+        argv = [*CHILD_COMMAND, *args]
+        return ChildProcess(name, argv, log_dir=self.log_dir, pid_dir=self.run_dir, env=env)
+
+
+def run_up(settings: Settings, workers: int = 1) -> int:
+    """Run the embedded stack until a signal arrives; return the process exit code."""
+    _configure_logging()
+    if workers < 1:
+        print("streambill up: --workers must be at least 1", file=sys.stderr)
+        return 2
+    stack = _Stack(settings, settings.data_dir.resolve())
+    lock = DirLock(stack.run_dir / "up.lock", "streambill up")
+    try:
+        lock.acquire()
+    except StreambillError as exc:
+        print(f"streambill up: {exc.message}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    restore_signals = _handle_signals(stop)
+    code = 1
+    try:
+        code = _run(stack, workers, stop)
+    except StreambillError as exc:
+        print(f"streambill up: {exc.message}", file=sys.stderr, flush=True)
+    finally:
+        print("streambill up: stopping", file=sys.stderr, flush=True)
+        clean = _shutdown(stack)
+        restore_signals()
+        lock.release()
+    how = "cleanly" if clean else "(some processes had to be killed, see the log above)"
+    print(f"streambill up: stopped {how}", flush=True)
+    return code if clean else max(code, 1)
+
+
+def _run(stack: _Stack, workers: int, stop: threading.Event) -> int:
+    settings = stack.settings
+    _forget_stale_pids(stack.run_dir)
+    admin_key = resolve_admin_key(settings, stack.data_dir)
+    _check_ports(settings, workers)
+    if settings.kafka_bootstrap is None:
+        stack.broker = EmbeddedBroker.from_settings(settings)
+        stack.broker.start()
+    bootstrap = stack.broker.bootstrap if stack.broker else settings.bootstrap
+    ensure_topics(bootstrap, topic_specs(settings.topic_partitions), TOPICS_TIMEOUT_S)
+    env = child_env(settings, stack.data_dir, bootstrap, admin_key)
+    targets: dict[str, tuple[ChildProcess, str]] = {}
+    for index in range(workers):
+        port = settings.worker_port + index
+        worker = stack.child(f"worker-{index}", ["worker", "--web-port", str(port)], env)
+        stack.workers.append(worker)
+        targets[worker.name] = (worker, f"http://127.0.0.1:{port}/readyz")
+    stack.api = stack.child("api", ["api"], env)
+    targets["api"] = (stack.api, f"{_local_url(settings)}/readyz")
+    for child, _url in targets.values():
+        if stop.is_set():
+            return 0
+        child.start()
+    if not _wait_ready(targets, stop, time.monotonic() + READY_TIMEOUT_S):
+        return 0
+    if settings.demo:
+        stack.demo = stack.child("demo", ["demo", *DEMO_ARGS], env)
+        stack.demo.start()
+    _print_banner(stack, bootstrap, admin_key)
+    return _supervise(stack, stop)
+
+
+def resolve_admin_key(settings: Settings, data_dir: Path) -> str:
+    """The admin key: from settings, else from ``<data_dir>/admin_api_key``, else a new one
+    written there with mode 0600."""
+    if settings.admin_api_key:
+        return settings.admin_api_key
+    path = data_dir / ADMIN_KEY_FILE
+    if path.exists():
+        key = path.read_text().strip()
+        if key:
+            return key
+    key = ADMIN_KEY_PREFIX + secrets.token_urlsafe(32)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{ADMIN_KEY_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(key + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)  # never a half-written key file
+    return key
+
+
+def child_env(settings: Settings, data_dir: Path, bootstrap: str, admin_key: str) -> dict[str, str]:
+    """Our environment plus every setting of ours (so overrides reach the children too)."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump(mode="json").items():
+        key = f"STREAMBILL_{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        elif isinstance(value, bool):
+            env[key] = "1" if value else "0"
+        else:
+            env[key] = str(value)
+    env["STREAMBILL_DATA_DIR"] = str(data_dir)
+    env["STREAMBILL_KAFKA_BOOTSTRAP"] = bootstrap
+    env["STREAMBILL_ADMIN_API_KEY"] = admin_key
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _check_ports(settings: Settings, workers: int) -> None:
+    """Fail fast, and never mistake another stack's /readyz for ours."""
+    if settings.kafka_bootstrap is None:
+        require_free_port(settings.broker_port, "broker")
+        if settings.broker_storage == "durable" and settings.bucket_port:
+            require_free_port(settings.bucket_port, "localbucket")
+    for index in range(workers):
+        require_free_port(settings.worker_port + index, f"worker {index}")
+    api_host = "0.0.0.0" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    require_free_port(settings.api_port, "api", api_host)
+
+
+def _local_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
+    return f"http://{host}:{settings.api_port}"
+
+
+def _wait_ready(
+    targets: dict[str, tuple[ChildProcess, str]], stop: threading.Event, deadline: float
+) -> bool:
+    """Poll every ``/readyz`` until all answer 200. False when a stop was requested."""
+    pending = dict(targets)
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while pending:
+            for name, (child, url) in list(pending.items()):
+                code = child.poll()
+                if code is not None:
+                    raise StackError(_died(child, code, "while starting"))
+                if _answers_ok(client, url):
+                    log.info("%s is ready (%s)", name, url)
+                    del pending[name]
+            if not pending:
+                break
+            if time.monotonic() >= deadline:
+                late = ", ".join(f"{name} ({url})" for name, (_c, url) in pending.items())
+                tails = "\n".join(_died(child, None, "") for child, _u in pending.values())
+                raise StackError(f"not ready after {READY_TIMEOUT_S:.0f} s: {late}\n{tails}")
+            if stop.wait(0.5):
+                return False
+    return True
+
+
+def _answers_ok(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _died(child: ChildProcess, code: int | None, when: str) -> str:
+    status = f"exited with {code} {when}" if code is not None else "is not ready"
+    return f"{child.name} {status}; last lines of {child.log_path}:\n{child.log_tail()}"
+
+
+def _supervise(stack: _Stack, stop: threading.Event) -> int:
+    """Watch the children until a stop is requested (0) or an essential one dies (1)."""
+    essential = [*stack.workers, *([stack.api] if stack.api else [])]
+    while not stop.wait(MONITOR_INTERVAL_S):
+        if stack.broker is not None:
+            try:
+                stack.broker.check()
+            except StreambillError as exc:
+                log.error("the broker died; stopping the stack: %s", exc.message)
+                return 1
+        for child in essential:
+            code = child.poll()
+            if code is not None:
+                log.error("%s; stopping the stack", _died(child, code, "unexpectedly"))
+                return 1
+        if stack.demo is not None and (code := stack.demo.poll()) is not None:
+            level = logging.INFO if code == 0 else logging.WARNING
+            log.log(level, "demo exited with %s; the stack keeps running", code)
+            stack.demo.finish(time.monotonic())
+            stack.demo = None
+    return 0
+
+
+def _shutdown(stack: _Stack) -> bool:
+    """Stop in order: demo, api, workers, broker, object store. True when all were clean."""
+    clean = True
+    for child in (stack.demo, stack.api):
+        if child is not None:
+            clean = child.stop(STOP_TIMEOUT_S) and clean
+    for worker in stack.workers:  # workers stop in parallel: each hands back its partitions
+        worker.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for worker in stack.workers:
+        clean = worker.finish(deadline) and clean
+    if stack.broker is not None:
+        clean = stack.broker.stop(STOP_TIMEOUT_S) and clean
+    stack.demo = stack.api = stack.broker = None
+    stack.workers = []
+    return clean
+
+
+def _forget_stale_pids(run_dir: Path) -> None:
+    """Remove pid files of a previous run; warn about processes that are still alive."""
+    for pid_file in run_dir.glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            pid = 0
+        if pid and pid_alive(pid):
+            log.warning("%s of a previous run is still alive (pid %d)", pid_file.stem, pid)
+        pid_file.unlink(missing_ok=True)
+
+
+def _handle_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGINT, SIGTERM and SIGHUP request an orderly stop. Returns the undo function."""
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous: dict[int, object] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers can only be set from the main thread
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+            continue  # started under nohup: keep running when the terminal goes away
+        previous[signum] = signal.signal(signum, request_stop)
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+    return restore
+
+
+def _print_banner(stack: _Stack, bootstrap: str, admin_key: str) -> None:
+    settings = stack.settings
+    url = settings.api_url
+    kafka = "external" if stack.broker is None else f"embedded, {stack.broker.storage}"
+    rows = [
+        ("dashboard", f"{url}/"),
+        ("api", url),
+        ("api docs", f"{url}/docs"),
+        ("metrics", f"{url}/metrics"),
+    ]
+    for index in range(len(stack.workers)):
+        rows.append((f"worker {index}", f"http://127.0.0.1:{settings.worker_port + index}/metrics"))
+    rows += [
+        ("kafka", f"{bootstrap} ({kafka})"),
+        ("admin key", admin_key),
+        ("data dir", str(stack.data_dir)),
+        ("logs", str(stack.log_dir)),
+        ("demo", "on" if stack.demo is not None else "off (STREAMBILL_DEMO=1 turns it on)"),
+    ]
+    lines = ["", "streambill is up", *(f"  {name:<10} {value}" for name, value in rows)]
+    lines.append(f"{READY_LINE} (Ctrl-C stops every process)")
+    print("\n".join(lines), flush=True)
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per /readyz poll
