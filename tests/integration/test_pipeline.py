@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def workload(
     for i, cid in enumerate(ids):
         cur = ("EUR", "EUR", "USD", "GBP")[i % 4]
         prices = {m: rng.choice(p) for m, p in METERS.items()}
-        model.prices[cid] = {m: __import__("decimal").Decimal(p) for m, p in prices.items()}
+        model.prices[cid] = {m: Decimal(p) for m, p in prices.items()}
         msgs.append((topics.ACCOUNTS, account(cid, cur, prices, f"res_{i % 7}"), cid))
     currency = {cid: ("EUR", "EUR", "USD", "GBP")[i % 4] for i, cid in enumerate(ids)}
     sent: list[tuple[str, dict[str, Any], str]] = []

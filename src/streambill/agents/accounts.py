@@ -76,22 +76,27 @@ def register(app: faust.App, table: faust.GlobalTable, publisher: Publisher) -> 
 
     @app.agent(source, name="accounts")
     async def accounts(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            rec = Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
-            try:
-                account = decode_account(msg.value or b"")
-            except StreambillError as exc:
-                await publisher.publish([dead_letter(rec, exc.code, exc.message)])
-                continue
-            if msg.key is not None and msg.key != account.account_id.encode():
-                reason = f"key {msg.key!r} differs from account_id {account.account_id!r}"
-                await publisher.publish([dead_letter(rec, "invalid_event", reason)])
-                continue
-            key = account.account_id.encode()
-            change = Message(topics.ACCOUNTS_CHANGELOG, msg.partition, key, msg.value)
-            await publisher.publish([change])
-            store[account.account_id] = msg.value
+        async for events in stream.take_events(1000, within=0.05):
+            out: list[Message] = []
+            fresh: dict[str, bytes] = {}
+            for event in events:
+                msg = event.message
+                rec = Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+                try:
+                    account = decode_account(msg.value or b"")
+                except StreambillError as exc:
+                    out.append(dead_letter(rec, exc.code, exc.message))
+                    continue
+                if msg.key is not None and msg.key != account.account_id.encode():
+                    reason = f"key {msg.key!r} differs from account_id {account.account_id!r}"
+                    out.append(dead_letter(rec, "invalid_event", reason))
+                    continue
+                key = account.account_id.encode()
+                out.append(Message(topics.ACCOUNTS_CHANGELOG, msg.partition, key, msg.value))
+                fresh[account.account_id] = msg.value or b""
+            await publisher.publish(out)
+            for account_id, raw in fresh.items():
+                store[account_id] = raw
             ACCOUNTS_KNOWN.set(len(store))
 
     return accounts

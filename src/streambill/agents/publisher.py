@@ -41,6 +41,8 @@ def producer_config(bootstrap: str) -> dict[str, object]:
         "message.max.bytes": MAX_MESSAGE_BYTES,
         "message.timeout.ms": 60_000,
         "partitioner": "murmur2_random",
+        # Only failures call back into Python: a callback per delivered message costs the GIL.
+        "delivery.report.only.error": True,
     }
 
 

@@ -110,14 +110,19 @@ class _Batch:
         self.now_s = now_s
         self.applied_at = datetime.fromtimestamp(now_s, UTC).isoformat()
         self.states: dict[str, tuple[int, CustomerState]] = {}
+        # Customers whose state changed in this batch: only these are written back.
+        self.dirty: set[str] = set()
         self.dedup: dict[str, tuple[int, bytes | None]] = {}
         self.out = Outputs()
 
-    def state(self, customer_id: str, partition: int) -> CustomerState:
+    def state(self, customer_id: str, partition: int, *, change: bool = True) -> CustomerState:
+        """The customer's state, loaded once per batch; ``change`` marks it to be written."""
         held = self.states.get(customer_id)
         if held is None:
             held = (partition, CustomerState.loads(self.engine.balances.get(customer_id)))
             self.states[customer_id] = held
+        if change:
+            self.dirty.add(customer_id)
         return held[1]
 
     def dedup_seq(self, dedup_key: str) -> int | None:
@@ -160,7 +165,8 @@ class _Batch:
             self.out.first.append(
                 Message(topics.DEDUP_CHANGELOG, partition, dedup_key.encode(), raw)
             )
-        for customer_id, (partition, state) in self.states.items():
+        for customer_id in self.dirty:
+            partition, state = self.states[customer_id]
             raw = state.dumps()
             engine.balances[customer_id] = raw
             if state.parked:
@@ -210,12 +216,13 @@ class BalanceEngine:
         for customer_id, partition in list(self.parked_customers.items()):
             if partition not in owned:
                 continue
-            state = batch.state(customer_id, partition)
+            state = batch.state(customer_id, partition, change=False)
             account = self.accounts.get(customer_id)
             if account is not None:
+                batch.dirty.add(customer_id)
                 self._drain(batch, state, account)
-            else:
-                self._expire_parked(batch, state, customer_id)
+            elif self._expire_parked(batch, state, customer_id):
+                batch.dirty.add(customer_id)
         return batch.finish()
 
     def expire_dedup(self, owned: set[int], now_s: float, limit: int = 50_000) -> list[Message]:
@@ -334,7 +341,8 @@ class BalanceEngine:
                 continue
             self._apply(batch, state, account, event, rec)
 
-    def _expire_parked(self, batch: _Batch, state: CustomerState, customer_id: str) -> None:
+    def _expire_parked(self, batch: _Batch, state: CustomerState, customer_id: str) -> bool:
+        """Dead-letter parked usage that waited past the retry window; True if any did."""
         keep = []
         for item in state.parked:
             topic, partition, offset, first_seen, text = item
@@ -346,7 +354,9 @@ class BalanceEngine:
                 )
             else:
                 keep.append(item)
+        expired = len(keep) != len(state.parked)
         state.parked = keep
+        return expired
 
 
 def decode_event(topic: str, value: bytes | None) -> UsageEvent | PaymentEvent:
