@@ -93,6 +93,7 @@ class Stack:
             "STREAMBILL_API_PORT": str(self.api_port),
             "STREAMBILL_ADMIN_API_KEY": self.admin_key,
             "STREAMBILL_UNKNOWN_CUSTOMER_RETRY_S": "5",
+            "STREAMBILL_KAFKA_FETCH_MAX_WAIT_MS": "20",  # the memory broker
             "PYTHONUNBUFFERED": "1",
         }
         self.workers: list[tuple[Proc, int]] = []

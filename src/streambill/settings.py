@@ -40,12 +40,17 @@ class Settings(BaseSettings):
     # Worker tuning. The batch bounds how many events one table update covers.
     worker_batch_max: int = Field(default=2000, ge=1, le=100_000)
     worker_batch_wait_ms: int = Field(default=20, ge=1, le=5_000)
+    # Hand consumed messages to the streams without Faust's four tasks per message when the
+    # hand-off does not suspend (agents/fastdrain.py).
+    worker_fast_drain: bool = True
     # Usage for an account the worker has not seen yet waits this long before dead-lettering.
     unknown_customer_retry_s: float = Field(default=90.0, ge=0)
     # Producer duplicates of an event_id are ignored for at least this long.
     dedup_window_s: int = Field(default=8 * 24 * 3600, ge=7 * 24 * 3600)
     # Kafka session timeout; short so that group joins on the embedded broker take seconds.
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
+    # How long a fetch may wait on the broker for data; unset picks by broker (see below).
+    kafka_fetch_max_wait_ms: int | None = Field(default=None, ge=1, le=5000)
     sink_flush_rows: int = Field(default=1000, ge=1)
     sink_flush_interval_s: float = Field(default=1.0, gt=0)
 
@@ -58,6 +63,18 @@ class Settings(BaseSettings):
     def bootstrap(self) -> str:
         """Where Kafka clients connect: the external cluster or the embedded broker."""
         return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def fetch_max_wait_ms(self) -> int:
+        """Fetch wait per broker. Tansu answers a fetch only when the wait runs out, not when
+        data arrives, so the wait is a floor on each hop's latency; on durable storage a wait
+        shorter than one object-store read returns nothing, ever (measured: 20 ms starves,
+        50 ms works idle), so durable mode keeps a margin. Kafka wakes a fetch on new data."""
+        if self.kafka_fetch_max_wait_ms is not None:
+            return self.kafka_fetch_max_wait_ms
+        if self.kafka_bootstrap is not None:
+            return 500  # an external Kafka; `up` sets the wait for its embedded broker
+        return 20 if self.broker_storage == "memory" else 100
 
     @property
     def clickhouse_dsn(self) -> str:

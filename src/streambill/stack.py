@@ -179,6 +179,9 @@ def child_env(settings: Settings, data_dir: Path, bootstrap: str, admin_key: str
         else:
             env[key] = str(value)
     env["STREAMBILL_DATA_DIR"] = str(data_dir)
+    if "STREAMBILL_KAFKA_FETCH_MAX_WAIT_MS" not in env:
+        # The children see a bootstrap address either way; the wait suits the broker `up` ran.
+        env["STREAMBILL_KAFKA_FETCH_MAX_WAIT_MS"] = str(settings.fetch_max_wait_ms)
     env["STREAMBILL_KAFKA_BOOTSTRAP"] = bootstrap
     env["STREAMBILL_ADMIN_API_KEY"] = admin_key
     env["PYTHONUNBUFFERED"] = "1"
@@ -320,7 +323,6 @@ def _print_banner(stack: _Stack, bootstrap: str, admin_key: str) -> None:
     url = settings.api_url
     kafka = "external" if stack.broker is None else f"embedded, {stack.broker.storage}"
     rows = [
-        ("dashboard", f"{url}/"),
         ("api", url),
         ("api docs", f"{url}/docs"),
         ("metrics", f"{url}/metrics"),

@@ -86,13 +86,27 @@ def payment(
     }
 
 
+def run(engine: BalanceEngine, records: list[Record], now: float) -> Outputs:
+    """Process a batch and confirm it, as the agent does once every phase is published."""
+    out = engine.process(records, now)
+    engine.confirm(out.batch_no)
+    return out
+
+
+def sweep(engine: BalanceEngine, owned: set[int], now: float) -> Outputs:
+    out = engine.sweep_parked(owned, now)
+    engine.confirm(out.batch_no)
+    return out
+
+
 def of_topic(out: Outputs, topic: str) -> list[dict]:
     return [orjson.loads(m.value) for m in out.first if m.topic == topic and m.value]
 
 
 def test_usage_is_rated_half_even_and_payments_move_the_balance() -> None:
     engine, feed = make_engine(account()), Feed()
-    out = engine.process(
+    out = run(
+        engine,
         [
             feed.rec(topics.PAYMENTS, payment("pi_1", "20.00")),
             feed.rec(topics.USAGE, usage("call-1", "1.5")),
@@ -121,8 +135,8 @@ def test_usage_is_rated_half_even_and_payments_move_the_balance() -> None:
 
 def test_producer_duplicate_of_an_event_id_is_ignored() -> None:
     engine, feed = make_engine(account()), Feed()
-    first = engine.process([feed.rec(topics.USAGE, usage("call-1"))], NOW)
-    again = engine.process([feed.rec(topics.USAGE, usage("call-1"))], NOW + 6 * 86400)
+    first = run(engine, [feed.rec(topics.USAGE, usage("call-1"))], NOW)
+    again = run(engine, [feed.rec(topics.USAGE, usage("call-1"))], NOW + 6 * 86400)
     assert first.applied == 1
     assert again.applied == 0 and again.duplicates == 1
     assert of_topic(again, topics.LEDGER) == []
@@ -131,23 +145,67 @@ def test_producer_duplicate_of_an_event_id_is_ignored() -> None:
 def test_redelivered_offset_is_skipped() -> None:
     engine, feed = make_engine(account()), Feed()
     rec = feed.rec(topics.USAGE, usage("call-1"))
-    engine.process([rec], NOW)
-    out = engine.process([rec], NOW)
+    run(engine, [rec], NOW)
+    out = run(engine, [rec], NOW)
     assert out.redelivered == 1 and out.applied == 0
 
 
-def test_crash_between_phases_replays_to_identical_entries() -> None:
+def entries_of(out: Outputs) -> list[tuple[str, int, int]]:
+    return [(e["entry_id"], e["seq"], e["balance_micros"]) for e in of_topic(out, topics.LEDGER)]
+
+
+def test_crash_before_the_state_write_replays_without_loss() -> None:
+    engine, feed = make_engine(account()), Feed()
+    calls = [feed.rec(topics.USAGE, usage(f"call-{i}", "0.7")) for i in range(3)]
+    pays = [feed.rec(topics.PAYMENTS, payment(f"pi_{i}", "1.00")) for i in range(2)]
+    engine.process(calls + pays, NOW)  # dedup records landed; state and ledger did not
+    engine.balances.clear()
+    # The replay interleaves the two topics differently: other seqs, same effects.
+    replay = run(engine, pays + calls, NOW + 1)
+    # Stale dedup records name positions the state never consumed: nothing is skipped.
+    assert replay.applied == 5 and replay.duplicates == 0
+    assert [e[1] for e in entries_of(replay)] == [1, 2, 3, 4, 5]
+    assert entries_of(replay)[-1][2] == 2_000_000 - 3 * 105_000
+
+
+def test_crash_after_the_state_write_re_emits_the_same_entries() -> None:
     engine, feed = make_engine(account()), Feed()
     recs = [feed.rec(topics.USAGE, usage(f"call-{i}", "0.7")) for i in range(5)]
-    before = dict(engine.balances)
-    out1 = engine.process(recs, NOW)
-    # Phase 1 landed (dedup records kept), phase 2 (balance value) was lost in the crash.
-    engine.balances.clear()
-    engine.balances.update(before)
-    out2 = engine.process(recs, NOW + 1)
-    ids1 = [(e["entry_id"], e["seq"], e["balance_micros"]) for e in of_topic(out1, topics.LEDGER)]
-    ids2 = [(e["entry_id"], e["seq"], e["balance_micros"]) for e in of_topic(out2, topics.LEDGER)]
-    assert ids1 == ids2 and len(ids1) == 5
+    lost = engine.process(recs, NOW)  # states landed with their outbox; the ledger did not
+    restarted = BalanceEngine(
+        partitions=PARTITIONS,
+        accounts=engine.accounts,
+        balances=engine.balances,
+        dedup=engine.dedup,
+        unknown_customer_retry_s=60,
+        dedup_window_s=8 * 86400,
+    )
+    replay = run(restarted, recs, NOW + 1)  # the source records come again
+    assert replay.applied == 0 and replay.redelivered == 5
+    redelivered = restarted.redeliver_outboxes(set(range(PARTITIONS)), NOW + 2)
+    assert entries_of(redelivered) == [] or entries_of(redelivered) == entries_of(lost)
+    assert entries_of(replay) == entries_of(lost)  # re-emitted when the state was loaded
+    # Once confirmed, the outbox is dropped and never emitted again.
+    later = run(restarted, [feed.rec(topics.USAGE, usage("call-9", "1"))], NOW + 3)
+    assert [e[0] for e in entries_of(later)] == [entries_of(later)[0][0]]
+    assert entries_of(later)[0][1] == 6
+
+
+def test_outbox_is_re_emitted_for_customers_not_touched_again() -> None:
+    engine, feed = make_engine(account(), account("cus_2")), Feed()
+    lost = engine.process([feed.rec(topics.USAGE, usage("a", cid="cus_2"))], NOW)
+    restarted = BalanceEngine(
+        partitions=PARTITIONS,
+        accounts=engine.accounts,
+        balances=engine.balances,
+        dedup=engine.dedup,
+        unknown_customer_retry_s=60,
+        dedup_window_s=8 * 86400,
+    )
+    out = restarted.redeliver_outboxes(set(range(PARTITIONS)), NOW + 1)
+    assert entries_of(out) == entries_of(lost)
+    restarted.confirm(out.batch_no)
+    assert entries_of(restarted.redeliver_outboxes(set(range(PARTITIONS)), NOW + 2)) == []
 
 
 def test_bad_inputs_go_to_dead_letters_with_codes_and_neighbours_apply() -> None:
@@ -165,7 +223,7 @@ def test_bad_inputs_go_to_dead_letters_with_codes_and_neighbours_apply() -> None
         recs.append(feed.rec(topics.USAGE, raw, key="cus_1"))
         recs.append(feed.rec(topics.USAGE, usage(f"ok-{len(recs)}")))
     recs.append(feed.rec(topics.PAYMENTS, payment("pi_usd", "5.00", cid="cus_usd", cur="EUR")))
-    out = engine.process(recs, NOW)
+    out = run(engine, recs, NOW)
     letters = of_topic(out, topics.DEADLETTER)
     assert [d["error_code"] for d in letters] == [c for _, c in bad] + ["currency_mismatch"]
     assert out.applied == 1 + len(bad)
@@ -183,24 +241,26 @@ def test_unknown_customer_is_parked_then_applied_when_the_account_arrives() -> N
         dedup_window_s=8 * 86400,
     )
     feed = Feed()
-    out = engine.process(
-        [feed.rec(topics.USAGE, usage("early-1")), feed.rec(topics.USAGE, usage("early-2"))], NOW
+    out = run(
+        engine,
+        [feed.rec(topics.USAGE, usage("early-1")), feed.rec(topics.USAGE, usage("early-2"))],
+        NOW,
     )
     assert out.parked == 2 and out.applied == 0
     owned = set(range(PARTITIONS))
-    assert engine.sweep_parked(owned, NOW + 10).applied == 0
+    assert sweep(engine, owned, NOW + 10).applied == 0
     accounts["cus_1"] = account()
-    swept = engine.sweep_parked(owned, NOW + 20)
+    swept = sweep(engine, owned, NOW + 20)
     assert [e["source_event_id"] for e in of_topic(swept, topics.LEDGER)] == ["early-1", "early-2"]
     assert engine.parked_customers == {}
 
 
 def test_unknown_customer_dead_letters_after_the_retry_window() -> None:
     engine, feed = make_engine(retry_s=60), Feed()
-    engine.process([feed.rec(topics.USAGE, usage("lost", cid="cus_x"))], NOW)
+    run(engine, [feed.rec(topics.USAGE, usage("lost", cid="cus_x"))], NOW)
     owned = set(range(PARTITIONS))
-    assert engine.sweep_parked(owned, NOW + 59).dead_letters == 0
-    out = engine.sweep_parked(owned, NOW + 61)
+    assert sweep(engine, owned, NOW + 59).dead_letters == 0
+    out = sweep(engine, owned, NOW + 61)
     assert [d["error_code"] for d in of_topic(out, topics.DEADLETTER)] == ["unknown_customer"]
 
 
@@ -208,7 +268,7 @@ def test_wrongly_partitioned_record_is_rerouted_not_applied() -> None:
     engine = make_engine(account())
     right = partition_for(b"cus_1", PARTITIONS)
     wrong = (right + 1) % PARTITIONS
-    out = engine.process([Record(topics.USAGE, wrong, 0, None, orjson.dumps(usage("c")))], NOW)
+    out = run(engine, [Record(topics.USAGE, wrong, 0, None, orjson.dumps(usage("c")))], NOW)
     assert out.applied == 0 and out.rerouted == 1
     assert out.first == [Message(topics.USAGE, right, b"cus_1", orjson.dumps(usage("c")))]
 
@@ -218,7 +278,7 @@ def test_alerts_fire_once_per_crossing() -> None:
     recs = [feed.rec(topics.PAYMENTS, payment("pi_1", "6.00"))]
     recs += [feed.rec(topics.USAGE, usage(f"c{i}", "10")) for i in range(5)]  # 1.50 each
     recs.append(feed.rec(topics.PAYMENTS, payment("pi_2", "20.00")))
-    out = engine.process(recs, NOW)
+    out = run(engine, recs, NOW)
     kinds = [a["kind"] for a in of_topic(out, topics.ALERTS)]
     # 6.00 -> 4.50 (low) -> 3.00 -> 1.50 -> 0.00 (depleted) -> -1.50 -> 18.50 (recovered)
     assert kinds == ["low_balance", "depleted", "recovered"]
@@ -227,5 +287,156 @@ def test_alerts_fire_once_per_crossing() -> None:
 @pytest.mark.parametrize("status", ["closed"])
 def test_usage_for_a_closed_account_is_dead_lettered(status: str) -> None:
     engine, feed = make_engine(account(status=status)), Feed()
-    out = engine.process([feed.rec(topics.USAGE, usage("late"))], NOW)
+    out = run(engine, [feed.rec(topics.USAGE, usage("late"))], NOW)
     assert [d["error_code"] for d in of_topic(out, topics.DEADLETTER)] == ["account_closed"]
+
+
+# -- the hot-path decoders decide exactly like the pydantic models ---------------------------
+_USAGE_VARIANTS: list[dict[str, Any]] = [
+    {},
+    {"quantity": "0"},
+    {"quantity": 3},
+    {"quantity": 1.1},
+    {"quantity": " 2.50 "},
+    {"quantity": "1e3"},
+    {"quantity": "1000000000"},
+    {"quantity": "1000000000.000001"},
+    {"quantity": "-0"},
+    {"quantity": "-1"},
+    {"quantity": "NaN"},
+    {"quantity": "inf"},
+    {"quantity": True},
+    {"quantity": None},
+    {"quantity": ""},
+    {"quantity": [1]},
+    {"quantity": "1" * 41},
+    {"event_id": ""},
+    {"event_id": "e" * 128},
+    {"event_id": "e" * 129},
+    {"event_id": 5},
+    {"customer_id": None},
+    {"meter": "m" * 65},
+    {"meter": ""},
+    {"attributes": None},
+    {"attributes": []},
+    {"attributes": {"n": 1, "deep": {"x": [1, 2]}}},
+    {"extra": "ignored"},
+    {"occurred_at": "2026-11-25T10:00:00Z"},
+    {"occurred_at": "2026-11-25T10:00:00.5+01:30"},
+    {"occurred_at": "2026-11-25T10:00:00.123456-05:00"},
+    {"occurred_at": "2026-11-25T10:00:00.000000+00:00"},
+    {"occurred_at": "2026-11-25T10:00:00-00:00"},
+    {"occurred_at": "2026-11-25T10:00:00.1234567+00:00"},
+    {"occurred_at": "2026-11-25T10:00:00"},
+    {"occurred_at": "2026-11-25 10:00:00+00:00"},
+    {"occurred_at": "2026-02-30T10:00:00+00:00"},
+    {"occurred_at": "2026-11-25T24:00:00+00:00"},
+    {"occurred_at": "2026-11-25T10:00:60+00:00"},
+    {"occurred_at": "2026-11-25T10:00:00+24:00"},
+    {"occurred_at": "2026-11-25"},
+    {"occurred_at": "20261125T100000Z"},
+    {"occurred_at": 1764064800},
+    {"occurred_at": None},
+]
+
+
+def _outcome(fn: Any, obj: dict[str, Any]) -> tuple[str, Any]:
+    from streambill.errors import StreambillError
+
+    try:
+        ev = fn(obj)
+        signed = ev.signed_micros() if hasattr(ev, "signed_micros") else None
+    except StreambillError as exc:
+        return ("error", (exc.code, exc.message))
+    fields = {"event_id", "customer_id", "meter", "kind", "currency"}
+    values = {k: getattr(ev, k) for k in fields if hasattr(ev, k)}
+    values["occurred_at"] = ev.occurred_at.isoformat()
+    for name in ("quantity", "amount"):
+        if hasattr(ev, name):
+            values[name] = str(getattr(ev, name))
+    values["signed"] = signed
+    return ("ok", values)
+
+
+@pytest.mark.parametrize("change", _USAGE_VARIANTS)
+def test_fast_usage_decoder_matches_the_model(change: dict[str, Any]) -> None:
+    from streambill.streams.events import FastUsage, fast_usage, usage_from_obj
+
+    obj = {**usage("call-1"), **change}
+    assert _outcome(fast_usage, obj) == _outcome(usage_from_obj, obj)
+    if change == {}:
+        assert isinstance(fast_usage(obj), FastUsage)  # the common case takes the fast path
+
+
+_PAYMENT_VARIANTS: list[dict[str, Any]] = [
+    {},
+    {"kind": "refund"},
+    {"kind": "chargeback", "amount": "0.01"},
+    {"kind": "adjustment", "amount": "-3.5"},
+    {"kind": "adjustment", "amount": "0"},
+    {"kind": "topup", "amount": "0"},
+    {"kind": "refund", "amount": "-1"},
+    {"kind": "gift"},
+    {"kind": None},
+    {"currency": "JPY"},
+    {"currency": "eur"},
+    {"amount": 12},
+    {"amount": "1e400"},
+    {"amount": "abc"},
+    {"amount": "0.0000005"},
+    {"provider": None, "provider_ref": None},
+    {"provider": ""},
+    {"provider": "p" * 65},
+    {"provider_ref": "r" * 257},
+    {"provider_ref": 7},
+    {"occurred_at": "2026-11-25T10:00:00Z"},
+    {"occurred_at": "yesterday"},
+]
+
+
+@pytest.mark.parametrize("change", _PAYMENT_VARIANTS)
+def test_fast_payment_decoder_matches_the_model(change: dict[str, Any]) -> None:
+    from streambill.streams.events import FastPayment, fast_payment, payment_from_obj
+
+    obj = {**payment("pi_1", "20.00"), **change}
+    assert _outcome(fast_payment, obj) == _outcome(payment_from_obj, obj)
+    if change == {}:
+        assert isinstance(fast_payment(obj), FastPayment)
+
+
+def test_compact_account_view_rates_like_the_model() -> None:
+    from streambill.streams.events import account_view
+
+    model = account(low_balance_threshold="2.50")
+    view = account_view(model)
+    for name in ("account_id", "kind", "parent_id", "currency", "status"):
+        assert getattr(view, name) == getattr(model, name)
+    assert view.price_map == model.price_map
+    assert view.low_threshold_micros == model.low_threshold_micros == 2_500_000
+    feed = Feed()
+    recs = [feed.rec(topics.PAYMENTS, payment("pi_1", "20.00"))]
+    recs += [feed.rec(topics.USAGE, usage(f"c{i}", "33.3")) for i in range(4)]
+    with_model = make_engine(model).process(recs, NOW)
+    with_view = BalanceEngine(
+        partitions=PARTITIONS,
+        accounts=Accounts({"cus_1": view}),  # type: ignore[dict-item]
+        balances={},
+        dedup={},
+        unknown_customer_retry_s=60,
+        dedup_window_s=8 * 86400,
+    ).process(recs, NOW)
+
+    def untagged(out: Outputs) -> list[dict]:
+        return [{**orjson.loads(m.value), "t": ""} for m in out.state if m.value]
+
+    assert with_model.first == with_view.first
+    assert untagged(with_model) == untagged(with_view)
+
+
+def test_stored_values_keep_their_format() -> None:
+    engine, feed = make_engine(account()), Feed()
+    run(engine, [feed.rec(topics.USAGE, usage("call-1"))], NOW)
+    (raw,) = engine.dedup.values()
+    assert raw == orjson.dumps([1, int(NOW), 0])
+    state = orjson.loads(engine.balances["cus_1"])
+    assert state["s"] == 1 and state["b"] == -225_000

@@ -20,19 +20,22 @@ from streambill.engine.balances import Message, Record
 from streambill.errors import StreambillError
 from streambill.streams import topics
 from streambill.streams.codec import dumps
-from streambill.streams.events import AccountEvent, decode_account
+from streambill.streams.events import AccountView, account_view, decode_account
 
 log = logging.getLogger(__name__)
 
 
 class AccountCache:
-    """Parsed accounts, re-parsed only when the stored bytes change."""
+    """Parsed accounts, re-parsed only when the stored bytes change.
+
+    Holds compact :class:`AccountView` objects, not the pydantic models (~2.5 KB each).
+    """
 
     def __init__(self, store: Any) -> None:
         self._store = store
-        self._parsed: dict[str, tuple[bytes, AccountEvent]] = {}
+        self._parsed: dict[str, tuple[bytes, AccountView]] = {}
 
-    def get(self, account_id: str) -> AccountEvent | None:
+    def get(self, account_id: str) -> AccountView | None:
         raw = self._store.get(account_id)
         if raw is None:
             return None
@@ -40,7 +43,7 @@ class AccountCache:
         if held is not None and held[0] is raw:
             return held[1]
         try:
-            account = decode_account(raw)
+            account = account_view(decode_account(raw))
         except StreambillError:  # validated before it was stored; a bad record is skipped
             return None
         self._parsed[account_id] = (raw, account)

@@ -33,16 +33,23 @@ class BalancesRuntime:
         self.publisher = publisher
         self.lock = asyncio.Lock()
         self.batches = 0
+        # True while the stores are ahead of what was published (between compute and the
+        # end of publish): no snapshot may be taken then.
+        self.dirty = False
 
     async def emit(self, out: Outputs) -> None:
-        # Phase 1: ledger, alerts, dead letters, re-routes, dedup records. Phase 2: state.
-        await self.publisher.publish(out.first)
+        # Dedup records, then states (with their outboxes), then what the outboxes hold.
+        await self.publisher.publish(out.dedup)
         await self.publisher.publish(out.state)
+        await self.publisher.publish(out.emit)
+        self.engine.confirm(out.batch_no)
+        self.dirty = False
         count_outputs(out)
 
     async def process(self, records: list[Record]) -> None:
         async with self.lock:
             started = time.perf_counter()
+            self.dirty = True
             out = self.engine.process(records, time.time())
             await self.emit(out)
             self.batches += 1
@@ -51,15 +58,29 @@ class BalancesRuntime:
 
     async def sweep(self, owned: set[int]) -> None:
         async with self.lock:
+            self.dirty = True
             out = self.engine.sweep_parked(owned, time.time())
-            if out.first or out.state:
+            if out.dedup or out.state or out.emit:
                 await self.emit(out)
+            self.dirty = False
             PARKED_CUSTOMERS.set(len(self.engine.parked_customers))
+
+    async def redeliver(self, owned: set[int]) -> None:
+        """After recovery: re-emit what states written before a restart still carry."""
+        async with self.lock:
+            self.dirty = True
+            out = self.engine.redeliver_outboxes(owned, time.time())
+            if out.state or out.emit:
+                await self.emit(out)
+                log.info("re-emitted %d outbox messages after recovery", len(out.emit))
+            self.dirty = False
 
     async def expire_dedup(self, owned: set[int]) -> None:
         async with self.lock:
+            self.dirty = True
             tombstones = self.engine.expire_dedup(owned, time.time())
             await self.publisher.publish(tombstones)
+            self.dirty = False
 
     def forget_partitions(self, revoked: set[int]) -> None:
         """Drop state of partitions another worker now owns; it comes back by recovery."""

@@ -104,6 +104,11 @@ class Publisher:
             self._enqueue([Message(t, p, SEAL_KEY, None) for t, p in sorted(seals)])
             await self._flush_async()
 
+    async def publish_raw(self, messages: Sequence[Message]) -> None:
+        """Send ``messages`` as they are (no seals added) and wait for every ack."""
+        self._enqueue(messages)
+        await self._flush_async()
+
     async def _flush_async(self) -> None:
         try:
             await asyncio.to_thread(self._flush)

@@ -6,23 +6,27 @@ directory). It serves ``/healthz``, ``/readyz`` and ``/metrics`` on ``settings.w
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import faust
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streambill.agents import accounts as accounts_agent
 from streambill.agents import balances as balances_agent
+from streambill.agents import snapshots
 from streambill.agents.accounts import AccountCache
-from streambill.agents.app import BytesKeyed, create_faust_app, create_tables
+from streambill.agents.app import BytesKeyed, Tables, create_faust_app, create_tables, tables_dir
 from streambill.agents.balances import BalancesRuntime
-from streambill.agents.publisher import Publisher
-from streambill.engine.balances import BalanceEngine
+from streambill.agents.publisher import CHANGELOGS, SEAL_KEY, Publisher
+from streambill.engine.balances import BalanceEngine, Message
 from streambill.settings import Settings
 from streambill.streams import topics
 
 log = logging.getLogger(__name__)
+SNAPSHOT_INTERVAL_S = 60.0
 
 
 def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
@@ -44,7 +48,9 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     state = {"parked_index_stale": True}
 
     def owned() -> set[int]:
-        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.USAGE}
+        partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.USAGE}
+        app.streambill_last_owned = partitions  # type: ignore[attr-defined]
+        return partitions
 
     def ready() -> bool:
         recovery = app.tables.recovery
@@ -56,6 +62,7 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
             return
         if state["parked_index_stale"]:
             engine.rebuild_parked_index()
+            await runtime.redeliver(owned())
             state["parked_index_stale"] = False
         await runtime.sweep(owned())
 
@@ -64,9 +71,17 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
         if ready():
             await runtime.expire_dedup(owned())
 
+    @app.timer(SNAPSHOT_INTERVAL_S)
+    async def snapshot_tables() -> None:
+        if ready():
+            await take_snapshots(settings, tables, runtime, owned())
+
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-        runtime.forget_partitions({tp.partition for tp in revoked if tp.topic == topics.USAGE})
+        lost = {tp.partition for tp in revoked if tp.topic == topics.USAGE}
+        runtime.forget_partitions(lost)
+        for table in (tables.balances, tables.dedup):
+            table.data.forget(lost)
         state["parked_index_stale"] = True
 
     @app.on_partitions_assigned.connect
@@ -93,19 +108,107 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     async def metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    app.streambill_tables = tables  # type: ignore[attr-defined]
+    app.streambill_owned = owned  # type: ignore[attr-defined]
     return app, runtime
+
+
+def changelog_ends(bootstrap: str, topic: str, partitions: set[int]) -> dict[int, int]:
+    """Offset of the last record of each partition (end offset - 1). Exact on the embedded
+    broker only right after a seal, which is when the worker asks."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streambill-snapshots"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] - 1
+            for p in sorted(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+async def take_snapshots(
+    settings: Settings, tables: Tables, runtime: BalancesRuntime, owned: set[int]
+) -> None:
+    """Snapshot the tables at a quiescent point (under the processing lock, nothing dirty).
+
+    Balances and dedup are written only by this worker for the partitions it owns, so after
+    its last publish (sealed) their end offsets bound exactly what the stores hold. The
+    global accounts table keeps the offsets its changelog replay reached; data newer than
+    those offsets is harmless, because a replay from them ends on the same values.
+    """
+    async with runtime.lock:
+        if runtime.dirty:
+            return
+        write_snapshots(settings, tables, owned)
+
+
+def write_snapshots(settings: Settings, tables: Tables, owned: set[int]) -> None:
+    for table, topic in (
+        (tables.balances, topics.BALANCES_CHANGELOG),
+        (tables.dedup, topics.DEDUP_CHANGELOG),
+    ):
+        ends = changelog_ends(settings.bootstrap, topic, owned) if owned else {}
+        table.data.write_snapshot({p: o for p, o in ends.items() if o >= 0})
+    tables.accounts.data.write_snapshot({})
+    log.info("table snapshots written for partitions %s", sorted(owned))
+
+
+def discard_stale_snapshots(settings: Settings) -> None:
+    """Before recovery: drop snapshots that claim more than the changelogs hold (an empty
+    memory broker, another cluster). Call right after :func:`seal_changelogs`."""
+    all_partitions = set(range(settings.topic_partitions))
+    for table, topic in (
+        ("balances", topics.BALANCES_CHANGELOG),
+        ("dedup", topics.DEDUP_CHANGELOG),
+        ("accounts", topics.ACCOUNTS_CHANGELOG),
+    ):
+        path = snapshots.snapshot_path(tables_dir(settings), table)
+        if path.exists():
+            snapshots.discard_stale(path, changelog_ends(settings.bootstrap, topic, all_partitions))
+
+
+def seal_changelogs(publisher: Publisher, partitions: int) -> None:
+    """Seal every changelog partition before table recovery starts.
+
+    After a restart on durable storage the embedded broker (Tansu 0.6) answers every
+    partition's end offset with 1 until something is written to it (measured: 3-5 records,
+    end offset 1; after one more record, exact). Faust's recovery reads up to that end offset,
+    so without this it would recover a fraction of each table. One tombstone for the seal key
+    per partition makes every end offset exact; recovery applies it as a no-op delete.
+    """
+    seals = [
+        Message(topic, partition, SEAL_KEY, None)
+        for topic in sorted(CHANGELOGS)
+        for partition in range(partitions)
+    ]
+    asyncio.run(publisher.publish_raw(seals))
+    log.info("sealed %d changelog partitions", len(seals))
 
 
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; the exit code is non-zero after an agent crash."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app, runtime = build_worker_app(settings)
+    seal_changelogs(runtime.publisher, settings.topic_partitions)
+    discard_stale_snapshots(settings)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     logging.getLogger("streambill").setLevel(logging.INFO)
+    code = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0)
+        code = int(exc.code or 0)
     finally:
+        if code == 0 and not runtime.dirty:
+            _final_snapshot(settings, app)
         runtime.publisher.close()
-    return 0
+    return code
+
+
+def _final_snapshot(settings: Settings, app: faust.App) -> None:
+    """At a clean stop the stores equal what was published: snapshot them for a fast start."""
+    owned = getattr(app, "streambill_last_owned", set())
+    try:
+        write_snapshots(settings, app.streambill_tables, owned)  # type: ignore[attr-defined]
+    except Exception:  # the broker may be gone already; the periodic snapshot stands
+        log.warning("final table snapshot skipped", exc_info=True)

@@ -8,6 +8,7 @@ import uvicorn
 
 from streambill.api.app import create_app
 from streambill.settings import Settings
+from streambill.stack import resolve_admin_key
 
 
 def run_api(settings: Settings) -> int:
@@ -15,6 +16,13 @@ def run_api(settings: Settings) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.admin_api_key is None:
+        # Run alone: the key that `up` generated (or a new one) in the data dir, never logged.
+        key = resolve_admin_key(settings, settings.data_dir)
+        settings = settings.model_copy(update={"admin_api_key": key})
+        logging.getLogger(__name__).info(
+            "admin key read from %s", settings.data_dir / "admin_api_key"
+        )
     config = uvicorn.Config(
         create_app(settings),
         host=settings.api_host,

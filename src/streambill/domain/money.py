@@ -66,7 +66,15 @@ def round_micros(amount_units: Decimal) -> int:
     2
     >>> round_micros(Decimal("-1.2345675"))
     -1234568
+    >>> round_micros(Decimal("1e400"))
+    Traceback (most recent call last):
+    ...
+    streambill.errors.InvalidEvent: amount out of range: 1E+400
     """
+    if amount_units.is_finite() and amount_units.adjusted() > 40:
+        # Would not fit the 60-digit context (quantize raises InvalidOperation, which would
+        # crash the agent on one bad event instead of dead-lettering it).
+        raise InvalidEvent(f"amount out of range: {amount_units}")
     with localcontext() as ctx:
         ctx.prec = 60
         scaled = amount_units * MICROS_PER_UNIT

@@ -2,20 +2,26 @@
 
 The agent hands a batch of raw records to :meth:`BalanceEngine.process`; the engine reads
 and updates two key-value stores (the agent passes its Faust tables' storage) and returns
-everything to emit. The agent then publishes in two phases, which is what makes effects
-exactly-once under at-least-once delivery:
+everything to emit. The agent publishes it in three phases, each acknowledged before the
+next, and only then acknowledges the source offsets:
 
-1. ledger entries, alerts, dead letters, re-routed records and dedup records, awaited;
-2. the customers' state values (balance, seq, source offsets), awaited;
+1. dedup records (event id -> the source offset it was applied from);
+2. the changed customers' state values: balance, seq, consumed source offsets, and an
+   outbox with the messages this batch emits for the customer;
+3. those messages (ledger entries, alerts, dead letters) and re-routed records.
 
-and only then acknowledges the source offsets. A crash before (2) replays the batch from the
-old state: the same entries come out with the same ids and ``seq`` (sinks upsert by id), and
-dedup records written in (1) are ignored because they point past the persisted ``seq``.
+A crash before (2) replays the batch from the old state; nothing of it was emitted, and the
+dedup records it left name offsets the state never consumed, so they are not trusted. A
+crash after (2) leaves states whose outbox this process never confirmed: the next worker
+emits them again (same ids, same ``seq``) and skips the source records by offset. Either
+way each event is applied once, and the ledger may carry an identical entry twice, which
+the sinks collapse by id.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,12 +35,18 @@ from streambill.errors import StreambillError
 from streambill.streams import topics
 from streambill.streams.events import (
     AccountEvent,
+    AccountView,
+    FastPayment,
+    FastUsage,
     PaymentEvent,
     UsageEvent,
     decode_object,
-    payment_from_obj,
-    usage_from_obj,
+    fast_payment,
+    fast_usage,
 )
+
+Account = AccountEvent | AccountView
+Event = UsageEvent | FastUsage | PaymentEvent | FastPayment
 
 log = logging.getLogger(__name__)
 _PARTITION_CACHE_MAX = 1_000_000
@@ -60,15 +72,20 @@ class Message(NamedTuple):
 
 
 class AccountLookup(Protocol):
-    def get(self, account_id: str) -> AccountEvent | None: ...
+    def get(self, account_id: str) -> Account | None: ...
 
 
 @dataclass(slots=True)
 class Outputs:
-    """What one batch emits. ``first`` is published (and acknowledged) before ``state``."""
+    """What one batch emits, in publish order: ``dedup`` records, then customer ``state``
+    values (which carry this batch's messages in their outbox), then ``emit`` (ledger,
+    alerts, dead letters, re-routed records). Each phase is acknowledged before the next;
+    :meth:`BalanceEngine.confirm` with ``batch_no`` after the last."""
 
-    first: list[Message] = field(default_factory=list)
+    dedup: list[Message] = field(default_factory=list)
     state: list[Message] = field(default_factory=list)
+    emit: list[Message] = field(default_factory=list)
+    batch_no: int = 0
     applied: int = 0
     duplicates: int = 0
     redelivered: int = 0
@@ -76,15 +93,10 @@ class Outputs:
     parked: int = 0
     rerouted: int = 0
 
-    def extend(self, other: Outputs) -> None:
-        self.first.extend(other.first)
-        self.state.extend(other.state)
-        self.applied += other.applied
-        self.duplicates += other.duplicates
-        self.redelivered += other.redelivered
-        self.dead_letters += other.dead_letters
-        self.parked += other.parked
-        self.rerouted += other.rerouted
+    @property
+    def first(self) -> list[Message]:
+        """Everything but the state values (tests and tools read outputs through this)."""
+        return [*self.dedup, *self.emit]
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -107,33 +119,64 @@ class _Batch:
 
     def __init__(self, engine: BalanceEngine, now_s: float) -> None:
         self.engine = engine
+        engine.batch_no += 1
+        self.tag = f"{engine.incarnation}:{engine.batch_no}"
         self.now_s = now_s
         self.applied_at = datetime.fromtimestamp(now_s, UTC).isoformat()
         self.states: dict[str, tuple[int, CustomerState]] = {}
         # Customers whose state changed in this batch: only these are written back.
         self.dirty: set[str] = set()
         self.dedup: dict[str, tuple[int, bytes | None]] = {}
-        self.out = Outputs()
+        self.out = Outputs(batch_no=engine.batch_no)
 
     def state(self, customer_id: str, partition: int, *, change: bool = True) -> CustomerState:
-        """The customer's state, loaded once per batch; ``change`` marks it to be written."""
+        """The customer's state, loaded once per batch; ``change`` marks it to be written.
+
+        An outbox left by a batch this process confirmed is dropped; one it cannot vouch for
+        (the worker restarted after the state was written) is emitted again and kept until
+        this batch is confirmed.
+        """
         held = self.states.get(customer_id)
         if held is None:
-            held = (partition, CustomerState.loads(self.engine.balances.get(customer_id)))
+            state = CustomerState.loads(self.engine.balances.get(customer_id))
+            held = (partition, state)
             self.states[customer_id] = held
+            if state.outbox:
+                if self.engine.confirmed(state.tag):
+                    state.outbox = []
+                else:
+                    key = customer_id.encode()
+                    for topic, text in state.outbox:
+                        self.out.emit.append(Message(topic, partition, key, text.encode()))
+                    change = True
         if change:
             self.dirty.add(customer_id)
         return held[1]
 
-    def dedup_seq(self, dedup_key: str) -> int | None:
+    def dedup_offset(self, dedup_key: str) -> int | None:
+        """The source offset a dedup record was applied from (None: no record)."""
         held = self.dedup.get(dedup_key)
         raw = held[1] if held is not None else self.engine.dedup.get(dedup_key)
-        return None if raw is None else int(orjson.loads(raw)[0])
+        if raw is None:
+            return None
+        record = orjson.loads(raw)
+        return int(record[2]) if len(record) > 2 else None
 
-    def remember(self, dedup_key: str, partition: int, seq: int) -> None:
-        self.dedup[dedup_key] = (partition, orjson.dumps([seq, int(self.now_s)]))
+    def remember(self, dedup_key: str, partition: int, seq: int, offset: int) -> None:
+        # Byte-identical to ``orjson.dumps([seq, ts, offset])``; orjson's output keeps a
+        # ~4 KB allocation per object, which a value held in the table for days cannot afford.
+        self.dedup[dedup_key] = (partition, b"[%d,%d,%d]" % (seq, int(self.now_s), offset))
 
-    def dead_letter(self, rec: Record, code: str, reason: str) -> None:
+    def emit(self, message: Message, state: CustomerState | None) -> None:
+        """Queue ``message``; with ``state``, also into its outbox (published atomically
+        with the state, so a crash after the state write cannot lose it)."""
+        self.out.emit.append(message)
+        if state is not None:
+            state.outbox.append([message.topic, (message.value or b"").decode()])
+
+    def dead_letter(
+        self, rec: Record, code: str, reason: str, state: CustomerState | None = None
+    ) -> None:
         value = rec.value or b""
         text = value.decode("utf-8", errors="replace")
         letter = {
@@ -147,7 +190,7 @@ class _Batch:
             "failed_at": self.applied_at,
         }
         key = rec.key or f"{rec.topic}:{rec.partition}:{rec.offset}".encode()
-        self.out.first.append(Message(topics.DEADLETTER, rec.partition, key, orjson.dumps(letter)))
+        self.emit(Message(topics.DEADLETTER, rec.partition, key, orjson.dumps(letter)), state)
         self.out.dead_letters += 1
         log.info(
             "dead letter %s topic=%s partition=%d offset=%d: %s",
@@ -161,12 +204,13 @@ class _Batch:
     def finish(self) -> Outputs:
         engine = self.engine
         for dedup_key, (partition, raw) in self.dedup.items():
-            engine.dedup[dedup_key] = raw  # type: ignore[assignment]
-            self.out.first.append(
+            engine.dedup[dedup_key] = raw
+            self.out.dedup.append(
                 Message(topics.DEDUP_CHANGELOG, partition, dedup_key.encode(), raw)
             )
         for customer_id in self.dirty:
             partition, state = self.states[customer_id]
+            state.tag = self.tag
             raw = state.dumps()
             engine.balances[customer_id] = raw
             if state.parked:
@@ -201,6 +245,27 @@ class BalanceEngine:
         # customer id -> partition, for customers with usage parked before their account.
         self.parked_customers: dict[str, int] = {}
         self._partition_cache: dict[str, int] = {}
+        # Batches are tagged "<incarnation>:<number>"; a tag of this process at or below
+        # ``confirmed_upto`` had every message published.
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.batch_no = 0
+        self.confirmed_upto = 0
+
+    def confirm(self, batch_no: int) -> None:
+        """The batch's last phase is acknowledged: outboxes it left need no re-emission."""
+        self.confirmed_upto = max(self.confirmed_upto, batch_no)
+
+    def confirmed(self, tag: str) -> bool:
+        incarnation, _, number = tag.partition(":")
+        return incarnation == self.incarnation and int(number or 0) <= self.confirmed_upto
+
+    def redeliver_outboxes(self, owned: set[int], now_s: float) -> Outputs:
+        """After recovery: emit again what states written before a restart still hold."""
+        batch = _Batch(self, now_s)
+        for customer_id, raw in list(self.balances.items()):
+            if raw and b'"x":[[' in raw and self.partition_of(customer_id) in owned:
+                batch.state(customer_id, self.partition_of(customer_id), change=False)
+        return batch.finish()
 
     # -- public API -----------------------------------------------------------------------
     def process(self, records: Iterable[Record], now_s: float) -> Outputs:
@@ -268,7 +333,8 @@ class BalanceEngine:
         if rec.partition != partition or rec.key != customer_id.encode():
             # Wrong key or another partitioner: forward to the customer's own partition,
             # where it is applied in order with the rest; the event_id dedups a repeat.
-            batch.out.first.append(Message(rec.topic, partition, customer_id.encode(), rec.value))
+            # No state changes: a replay forwards it again, and the event_id dedups that.
+            batch.emit(Message(rec.topic, partition, customer_id.encode(), rec.value), None)
             batch.out.rerouted += 1
             return
         source = Source(rec.topic, rec.partition, rec.offset)
@@ -289,14 +355,15 @@ class BalanceEngine:
         self,
         batch: _Batch,
         state: CustomerState,
-        account: AccountEvent,
-        event: UsageEvent | PaymentEvent,
+        account: Account,
+        event: Event,
         rec: Record,
     ) -> None:
         source = Source(rec.topic, rec.partition, rec.offset)
         short = "u" if rec.topic == topics.USAGE else "p"
         dedup_key = f"{account.account_id}\x1f{short}\x1f{event.event_id}"
-        if is_duplicate(batch.dedup_seq(dedup_key), state.seq):
+        consumed = state.offsets.get(rec.topic, -1)
+        if is_duplicate(batch.dedup_offset(dedup_key), rec.offset, consumed):
             batch.out.duplicates += 1
             return
         try:
@@ -304,22 +371,19 @@ class BalanceEngine:
                 raise StreambillError(
                     f"account {account.account_id} is closed", code="account_closed"
                 )
-            if isinstance(event, UsageEvent):
-                applied = state.apply_usage(account, event, source, batch.applied_at)
+            if rec.topic == topics.USAGE:
+                applied = state.apply_usage(account, event, source, batch.applied_at)  # type: ignore[arg-type]
             else:
-                applied = state.apply_payment(account, event, source, batch.applied_at)
+                applied = state.apply_payment(account, event, source, batch.applied_at)  # type: ignore[arg-type]
         except StreambillError as exc:
-            batch.dead_letter(rec, exc.code, exc.message)
+            batch.dead_letter(rec, exc.code, exc.message, state)
             return
-        batch.remember(dedup_key, rec.partition, state.seq)
+        batch.remember(dedup_key, rec.partition, state.seq, rec.offset)
         key = account.account_id.encode()
-        batch.out.first.append(
-            Message(topics.LEDGER, rec.partition, key, orjson.dumps(applied.entry))
-        )
+        batch.emit(Message(topics.LEDGER, rec.partition, key, orjson.dumps(applied.entry)), state)
         if applied.alert is not None:
-            batch.out.first.append(
-                Message(topics.ALERTS, rec.partition, key, orjson.dumps(applied.alert))
-            )
+            alert = orjson.dumps(applied.alert)
+            batch.emit(Message(topics.ALERTS, rec.partition, key, alert), state)
         batch.out.applied += 1
 
     # -- parked usage ---------------------------------------------------------------------
@@ -328,16 +392,18 @@ class BalanceEngine:
         if state.park(source, batch.now_s, text):
             batch.out.parked += 1
         else:
-            batch.dead_letter(rec, "unknown_customer", "too many events waiting for the account")
+            batch.dead_letter(
+                rec, "unknown_customer", "too many events waiting for the account", state
+            )
 
-    def _drain(self, batch: _Batch, state: CustomerState, account: AccountEvent) -> None:
+    def _drain(self, batch: _Batch, state: CustomerState, account: Account) -> None:
         parked, state.parked = state.parked, []
         for topic, partition, offset, _first_seen, text in parked:
             rec = Record(topic, partition, offset, account.account_id.encode(), text.encode())
             try:
                 event = decode_event(topic, rec.value)
             except StreambillError as exc:  # pragma: no cover - parked events were valid
-                batch.dead_letter(rec, exc.code, exc.message)
+                batch.dead_letter(rec, exc.code, exc.message, state)
                 continue
             self._apply(batch, state, account, event, rec)
 
@@ -350,7 +416,7 @@ class BalanceEngine:
                 rec = Record(topic, partition, offset, customer_id.encode(), text.encode())
                 waited = int(batch.now_s - first_seen)
                 batch.dead_letter(
-                    rec, "unknown_customer", f"no account {customer_id!r} after {waited} s"
+                    rec, "unknown_customer", f"no account {customer_id!r} after {waited} s", state
                 )
             else:
                 keep.append(item)
@@ -359,9 +425,12 @@ class BalanceEngine:
         return expired
 
 
-def decode_event(topic: str, value: bytes | None) -> UsageEvent | PaymentEvent:
-    """Raw bytes of a usage or payment topic -> the event, or an error with its code."""
+def decode_event(topic: str, value: bytes | None) -> Event:
+    """Raw bytes of a usage or payment topic -> the event, or an error with its code.
+
+    Decoded through the hot-path decoders, which decide and fail exactly like the models.
+    """
     obj = decode_object(value if value is not None else b"")
     if topic == topics.USAGE:
-        return usage_from_obj(obj)
-    return payment_from_obj(obj)
+        return fast_usage(obj)
+    return fast_payment(obj)

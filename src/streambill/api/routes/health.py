@@ -9,6 +9,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 router = APIRouter(tags=["operations"])
 
 
+@router.get("/")
+async def index() -> dict[str, str]:
+    """Where to go from here."""
+    return {
+        "name": "streambill",
+        "docs": "/docs",
+        "openapi": "/openapi.json",
+        "health": "/healthz",
+        "ready": "/readyz",
+        "metrics": "/metrics",
+    }
+
+
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     """The process is up."""
