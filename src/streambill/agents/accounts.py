@@ -78,7 +78,7 @@ def register(app: faust.App, table: faust.GlobalTable, publisher: Publisher) -> 
     source = app.topic(topics.ACCOUNTS, key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, name="accounts")
-    async def accounts(stream: faust.StreamT) -> None:
+    async def accounts(stream: Any) -> None:  # faust.Stream; StreamT lacks take_events
         async for events in stream.take_events(1000, within=0.05):
             out: list[Message] = []
             fresh: dict[str, bytes] = {}

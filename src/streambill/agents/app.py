@@ -34,7 +34,7 @@ class BytesKeyed(MutableMapping[str, Any]):
     def __init__(self, store: MutableMapping[Any, Any]) -> None:
         self._store = store
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         return self._store.get(key.encode(), default)
 
     def __getitem__(self, key: str) -> Any:

@@ -103,7 +103,7 @@ def register(app: faust.App, settings: Settings, runtime: BalancesRuntime) -> An
     within = settings.worker_batch_wait_ms / 1000
 
     @app.agent(source, name="balances")
-    async def balances(stream: faust.StreamT) -> None:
+    async def balances(stream: Any) -> None:  # faust.Stream; StreamT lacks take_events
         async for events in stream.take_events(batch_max, within=within):
             records = [
                 Record(

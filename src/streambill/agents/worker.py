@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import faust
 from confluent_kafka import Consumer, TopicPartition
@@ -53,7 +53,7 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
         return partitions
 
     def ready() -> bool:
-        recovery = app.tables.recovery
+        recovery = cast(Any, app.tables).recovery
         return bool(not app.rebalancing and recovery.completed.is_set())
 
     @app.timer(1.0)
@@ -76,15 +76,15 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
         if ready():
             await take_snapshots(settings, tables, runtime, owned())
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
         lost = {tp.partition for tp in revoked if tp.topic == topics.USAGE}
         runtime.forget_partitions(lost)
         for table in (tables.balances, tables.dedup):
-            table.data.forget(lost)
+            cast(snapshots.SnapshotStore, table.data).forget(lost)
         state["parked_index_stale"] = True
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
         state["parked_index_stale"] = True
 
@@ -148,8 +148,9 @@ def write_snapshots(settings: Settings, tables: Tables, owned: set[int]) -> None
         (tables.dedup, topics.DEDUP_CHANGELOG),
     ):
         ends = changelog_ends(settings.bootstrap, topic, owned) if owned else {}
-        table.data.write_snapshot({p: o for p, o in ends.items() if o >= 0})
-    tables.accounts.data.write_snapshot({})
+        store = cast(snapshots.SnapshotStore, table.data)
+        store.write_snapshot({p: o for p, o in ends.items() if o >= 0})
+    cast(snapshots.SnapshotStore, tables.accounts.data).write_snapshot({})
     log.info("table snapshots written for partitions %s", sorted(owned))
 
 
@@ -207,7 +208,7 @@ def run_worker(settings: Settings) -> int:
 
 def _final_snapshot(settings: Settings, app: faust.App) -> None:
     """At a clean stop the stores equal what was published: snapshot them for a fast start."""
-    owned = getattr(app, "streambill_last_owned", set())
+    owned: set[int] = getattr(app, "streambill_last_owned", set())
     try:
         write_snapshots(settings, app.streambill_tables, owned)  # type: ignore[attr-defined]
     except Exception:  # the broker may be gone already; the periodic snapshot stands

@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v2/admin", tags=["operations"])
 class ViolationPublic(BaseModel):
     kind: str
     customer_id: str
-    seq: int
+    seq: int | None
     detail: str
 
 
