@@ -30,10 +30,16 @@ SEAL_KEY = b"\x00seal"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def producer_config(bootstrap: str) -> dict[str, object]:
+def producer_config(bootstrap: str, idempotence: bool = True) -> dict[str, object]:
+    ordering: dict[str, object] = (
+        {"enable.idempotence": True}
+        # Without idempotence, one request in flight keeps each partition in order on retry.
+        if idempotence
+        else {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1}
+    )
     return {
+        **ordering,
         "bootstrap.servers": bootstrap,
-        "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 2,
         "batch.num.messages": 10_000,
@@ -53,8 +59,10 @@ class PublishError(RuntimeError):
 class Publisher:
     """Produces messages to explicit partitions and waits until the broker has them all."""
 
-    def __init__(self, bootstrap: str, *, flush_timeout_s: float = 60.0) -> None:
-        self._producer = Producer(producer_config(bootstrap))
+    def __init__(
+        self, bootstrap: str, *, idempotence: bool = True, flush_timeout_s: float = 60.0
+    ) -> None:
+        self._producer = Producer(producer_config(bootstrap, idempotence))
         self._flush_timeout_s = flush_timeout_s
         self._errors: list[str] = []
 

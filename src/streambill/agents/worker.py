@@ -33,7 +33,7 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     """The Faust app with tables, agents, timers and web pages wired together."""
     app = create_faust_app(settings)
     tables = create_tables(app, settings)
-    publisher = Publisher(settings.bootstrap)
+    publisher = Publisher(settings.bootstrap, idempotence=settings.kafka_idempotence)
     engine = BalanceEngine(
         partitions=settings.topic_partitions,
         accounts=AccountCache(BytesKeyed(tables.accounts.data)),

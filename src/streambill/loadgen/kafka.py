@@ -25,7 +25,9 @@ def producer_config(settings: Settings, *, client_id: str, linger_ms: int = 5) -
     return {
         "bootstrap.servers": settings.bootstrap,
         "client.id": client_id,
-        "enable.idempotence": True,
+        "enable.idempotence": settings.kafka_idempotence,
+        # Without idempotence, one request in flight keeps each partition in order on retry.
+        **({} if settings.kafka_idempotence else {"max.in.flight.requests.per.connection": 1}),
         "acks": "all",
         "linger.ms": linger_ms,
         "batch.num.messages": 10_000,
