@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./.streambill")
     kafka_bootstrap: str | None = None
     broker_port: int = 9092
-    broker_storage: Literal["durable", "memory"] = "durable"
+    # durable: Tansu in memory, saved at a clean stop and restored at start (broker/persist.py);
+    # s3: Tansu's own engine on localbucket (every write kept, slow reads); memory: nothing kept.
+    broker_storage: Literal["durable", "memory", "s3"] = "durable"
     topic_partitions: int = Field(default=8, ge=1, le=256)
     clickhouse_url: str | None = None
     database_url: str | None = None
@@ -79,7 +81,7 @@ class Settings(BaseSettings):
             return self.kafka_fetch_max_wait_ms
         if self.kafka_bootstrap is not None:
             return 500  # an external Kafka; `up` sets the wait for its embedded broker
-        return 20 if self.broker_storage == "memory" else 100
+        return 100 if self.broker_storage == "s3" else 20
 
     @property
     def clickhouse_dsn(self) -> str:

@@ -34,6 +34,7 @@ from types import FrameType
 
 import httpx
 
+from streambill.broker import persist
 from streambill.broker.admin import ensure_topics
 from streambill.broker.embedded import EmbeddedBroker
 from streambill.broker.process import ChildProcess, DirLock, pid_alive, require_free_port
@@ -51,6 +52,7 @@ MONITOR_INTERVAL_S = 0.5
 ADMIN_KEY_FILE = "admin_api_key"
 ADMIN_KEY_PREFIX = "sb_admin_"
 DEMO_ARGS = ("--customers", "50", "--rate", "20")
+BROKER_SNAPSHOT = "broker-snapshot"
 # How children are started; tests replace it with a stand-in CLI to test the supervision.
 CHILD_COMMAND: tuple[str, ...] = (sys.executable, "-m", "streambill.cli")
 
@@ -123,6 +125,9 @@ def _run(stack: _Stack, workers: int, stop: threading.Event) -> int:
         stack.broker.start()
     bootstrap = stack.broker.bootstrap if stack.broker else settings.bootstrap
     ensure_topics(bootstrap, topic_specs(settings.topic_partitions), TOPICS_TIMEOUT_S)
+    if _saves_broker(stack):
+        restored = persist.restore(bootstrap, stack.data_dir / BROKER_SNAPSHOT)
+        log.info("broker restored from its snapshot: %d records", restored)
     env = child_env(settings, stack.data_dir, bootstrap, admin_key)
     targets: dict[str, tuple[ChildProcess, str]] = {}
     for index in range(workers):
@@ -278,11 +283,28 @@ def _shutdown(stack: _Stack) -> bool:
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for worker in stack.workers:
         clean = worker.finish(deadline) and clean
+    if _saves_broker(stack) and stack.broker is not None:
+        # Every producer and consumer of the stack has stopped: the topics are at rest.
+        try:
+            saved = persist.dump(
+                stack.broker.bootstrap,
+                topic_specs(stack.settings.topic_partitions),
+                stack.data_dir / BROKER_SNAPSHOT,
+            )
+            log.info("broker saved: %d records", saved)
+        except Exception:
+            log.exception("saving the broker failed; the previous snapshot is kept")
+            clean = False
     if stack.broker is not None:
         clean = stack.broker.stop(STOP_TIMEOUT_S) and clean
     stack.demo = stack.api = stack.broker = None
     stack.workers = []
     return clean
+
+
+def _saves_broker(stack: _Stack) -> bool:
+    """The embedded broker runs in memory and ``durable`` asks for its topics to be kept."""
+    return stack.broker is not None and stack.settings.broker_storage == "durable"
 
 
 def _forget_stale_pids(run_dir: Path) -> None:

@@ -52,7 +52,7 @@ def test_up_starts_the_stack_and_sigterm_stops_every_child(tmp_path: Path) -> No
     env = stack_env(data_dir, workers=1, storage="durable")
     code, pids, output = run_up_until_ready(data_dir, env)
     assert code == 0, output
-    assert {"bucket", "broker", "worker-0", "api"} <= set(pids)
+    assert {"broker", "worker-0", "api"} <= set(pids)
     assert [name for name, pid in pids.items() if pid_alive(pid)] == []
     assert [name for name, pid in pids.items() if process_group_members(pid)] == []
     key = (data_dir / "admin_api_key").read_text().strip()

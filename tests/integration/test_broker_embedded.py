@@ -100,7 +100,7 @@ def test_children_die_with_their_parent(tmp_path: Path) -> None:
         "from pathlib import Path\n"
         "from streambill.broker import EmbeddedBroker\n"
         "from streambill.broker.process import free_port\n"
-        "broker = EmbeddedBroker(Path(sys.argv[1]), port=free_port(), storage='durable')\n"
+        "broker = EmbeddedBroker(Path(sys.argv[1]), port=free_port(), storage='s3')\n"
         "broker.start()\n"
         "print(' '.join(str(c.pid) for c in broker.processes), flush=True)\n"
         "time.sleep(60)\n"
@@ -120,7 +120,7 @@ def test_children_die_with_their_parent(tmp_path: Path) -> None:
 
 def test_one_data_dir_one_broker(tmp_path: Path) -> None:
     with durable_broker(tmp_path, specs=[]):
-        second = EmbeddedBroker(tmp_path, port=0, storage="durable")
+        second = EmbeddedBroker(tmp_path, port=0, storage="s3")
         with pytest.raises(DataDirLocked):
             second.start()
 

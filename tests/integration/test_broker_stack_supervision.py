@@ -79,7 +79,7 @@ def assert_all_gone(pids: dict[str, int]) -> None:
 
 def test_up_starts_in_order_and_stops_everything(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    env = stack_env(data_dir, workers=2, storage="durable")
+    env = stack_env(data_dir, workers=2, storage="s3")
     env["STREAMBILL_DEMO"] = "1"
     up = start_up(tmp_path, env)
     output = OutputReader(up)

@@ -1,8 +1,9 @@
 """The embedded Kafka broker: Tansu, on memory or on localbucket (S3 on local files).
 
-``durable`` storage runs two processes: ``localbucket`` serving ``<data_dir>/bucket`` and
-Tansu with ``--storage-engine s3://tansu/`` pointed at it, so every message survives a
-restart. ``memory`` storage runs Tansu alone (tests, throwaway stacks).
+``s3`` storage runs two processes: ``localbucket`` serving ``<data_dir>/bucket`` and Tansu
+with ``--storage-engine s3://tansu/`` pointed at it, so every message survives a restart
+(but reads back slowly, see :mod:`streambill.broker.persist`). ``memory`` and ``durable``
+run Tansu in memory; for ``durable``, ``streambill up`` saves and restores the topics.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from streambill.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Storage = Literal["durable", "memory"]
+Storage = Literal["durable", "memory", "s3"]
 _BUCKET = "tansu"  # the S3 bucket, a folder under <data_dir>/bucket
 _CLUSTER_ID = "tansu_cluster"  # Tansu's default, so existing data dirs keep their data
 
@@ -98,7 +99,7 @@ class EmbeddedBroker:
         try:
             require_free_port(self.port, "broker", self.host)
             env = dict(os.environ)
-            if self.storage == "durable":
+            if self.storage == "s3":
                 env.update(self._start_bucket(deadline))
                 engine = f"s3://{_BUCKET}/"
             else:
