@@ -101,10 +101,11 @@ def _dump_partition(consumer: Consumer, topic: str, partition: int, tmp: Path) -
     # until the partition stays quiet.
     while time.monotonic() < deadline:
         for msg in consumer.consume(10_000, 0.2):
-            if msg.error() is not None:
+            offset = msg.offset()
+            if msg.error() is not None or offset is None:
                 continue
-            chunks.append(_encode(msg.offset(), msg.timestamp()[1], msg.key(), msg.value()))
-            last_offset = msg.offset()
+            chunks.append(_encode(offset, msg.timestamp()[1], msg.key(), msg.value()))
+            last_offset = offset
             last_new = time.monotonic()
         if last_offset >= high - 1 and time.monotonic() - last_new > _QUIET_S:
             break
