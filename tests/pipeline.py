@@ -158,15 +158,23 @@ def send(p: Producer, topic: str, doc: dict[str, Any] | bytes, key: str | None) 
 
 
 def read_topic(
-    bootstrap: str, topic: str, *, until: int, timeout_s: float, quiet_s: float = 3.0
+    bootstrap: str,
+    topic: str,
+    *,
+    until: int,
+    timeout_s: float,
+    quiet_s: float = 3.0,
+    distinct: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every message of ``topic`` from the start, once ``until`` distinct ids (or the whole
-    topic when the count is reached) arrived, waiting at most ``timeout_s``."""
+    """Every message of ``topic`` from the start, once ``until`` messages (distinct values of
+    the field ``distinct``, when given) arrived and the topic stayed quiet for a moment, or
+    when ``timeout_s`` ran out."""
     consumer = Consumer({**consumer_config(bootstrap, f"t-{time.monotonic_ns()}")})
     meta = consumer.list_topics(topic, timeout=10)
     parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
     consumer.assign(parts)
     out: list[dict[str, Any]] = []
+    seen: set[Any] = set()
     deadline = time.monotonic() + timeout_s
     last_new = time.monotonic()
     try:
@@ -174,10 +182,14 @@ def read_topic(
             batch = consumer.consume(10_000, 0.5)
             for msg in batch:
                 if msg.error() is None and msg.value() is not None:
-                    out.append(orjson.loads(msg.value()))
+                    doc = orjson.loads(msg.value())
+                    out.append(doc)
+                    if distinct is not None:
+                        seen.add(doc[distinct])
             if batch:
                 last_new = time.monotonic()
-            if len(out) >= until and time.monotonic() - last_new > min(quiet_s, 1.0):
+            count = len(seen) if distinct is not None else len(out)
+            if count >= until and time.monotonic() - last_new > min(quiet_s, 1.0):
                 break
         return out
     finally:

@@ -52,8 +52,6 @@ def test_recovery_batches_advance_offsets_and_tombstones_delete(tmp_path: Path) 
     )
     assert s.data.get(b"cus_2") == b"v" and b"gone" not in s.data
     assert s.persisted_offset(TP("t", 2)) == 11
-    s.forget({2})
-    assert s.persisted_offset(TP("t", 2)) is None
 
 
 def test_a_snapshot_ahead_of_its_changelog_is_discarded(tmp_path: Path) -> None:

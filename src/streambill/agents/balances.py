@@ -83,18 +83,18 @@ class BalancesRuntime:
             self.dirty = False
 
     def forget_partitions(self, revoked: set[int]) -> None:
-        """Drop state of partitions another worker now owns; it comes back by recovery."""
+        """Partitions were revoked: drop the parked-customer index entries for them.
+
+        The table data stays. Under Kafka's eager rebalancing every partition is revoked and
+        most come straight back, and Faust recovers only partitions that are new to the
+        worker: wiping the data here lost every state of the partitions that came back
+        (seen under SIGKILL with a stale group member). Data of a partition that moved away
+        is never read (its events go to the new owner), and if the partition returns,
+        recovery replays the changelog from the offsets this data is complete up to.
+        """
         engine = self.engine
-        for store in (engine.balances, engine.dedup):
-            for key in [k for k in store if engine.partition_of(_customer(k)) in revoked]:
-                del store[key]
         for cid in [c for c, p in engine.parked_customers.items() if p in revoked]:
             del engine.parked_customers[cid]
-
-
-def _customer(key: Any) -> str:
-    text = key.decode() if isinstance(key, bytes) else str(key)
-    return text.split("\x1f", 1)[0]
 
 
 def register(app: faust.App, settings: Settings, runtime: BalancesRuntime) -> Any:

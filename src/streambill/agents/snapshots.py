@@ -112,10 +112,11 @@ class SnapshotStore(MemoryStore):
             msg = event.message
             self.offsets[msg.partition] = max(msg.offset, self.offsets.get(msg.partition, -1))
 
-    def forget(self, partitions: set[int]) -> None:
-        """Another worker owns these partitions now: their offsets no longer describe us."""
-        for partition in partitions:
-            self.offsets.pop(partition, None)
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        """Keep every key. The memory store drops keys of partitions this worker does not
+        own, but the offsets stay, and a partition that comes back would then be replayed
+        from an offset its (dropped) data no longer reached. Keys of a partition owned
+        elsewhere are never read here: its events go to the owner."""
 
     def write_snapshot(self, sealed: Mapping[int, int]) -> int:
         """Write every key with offsets (``sealed``: partition -> last sealed offset).

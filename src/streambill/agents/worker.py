@@ -78,10 +78,7 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-        lost = {tp.partition for tp in revoked if tp.topic == topics.USAGE}
-        runtime.forget_partitions(lost)
-        for table in (tables.balances, tables.dedup):
-            cast(snapshots.SnapshotStore, table.data).forget(lost)
+        runtime.forget_partitions({tp.partition for tp in revoked if tp.topic == topics.USAGE})
         state["parked_index_stale"] = True
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
@@ -189,9 +186,13 @@ def seal_changelogs(publisher: Publisher, partitions: int) -> None:
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; the exit code is non-zero after an agent crash."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app, runtime = build_worker_app(settings)
-    seal_changelogs(runtime.publisher, settings.topic_partitions)
+    # Seal and check snapshots before the tables are built: a store loads its snapshot when
+    # it is created.
+    sealer = Publisher(settings.bootstrap, idempotence=settings.kafka_idempotence)
+    seal_changelogs(sealer, settings.topic_partitions)
+    sealer.close()
     discard_stale_snapshots(settings)
+    app, runtime = build_worker_app(settings)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     logging.getLogger("streambill").setLevel(logging.INFO)
     code = 0
