@@ -12,14 +12,14 @@ import time
 from typing import Any
 
 import faust
+from faust.types.tables import GlobalTableT
 
 from streambill.agents.app import BytesKeyed
 from streambill.agents.metrics import ACCOUNTS_KNOWN
 from streambill.agents.publisher import Publisher
-from streambill.engine.balances import Message, Record
+from streambill.engine.balances import Message, Record, dead_letter_message
 from streambill.errors import StreambillError
 from streambill.streams import topics
-from streambill.streams.codec import dumps
 from streambill.streams.events import AccountView, account_view, decode_account
 
 log = logging.getLogger(__name__)
@@ -54,21 +54,11 @@ class AccountCache:
 
 
 def dead_letter(rec: Record, code: str, reason: str) -> Message:
-    letter = {
-        "topic": rec.topic,
-        "partition": rec.partition,
-        "offset": rec.offset,
-        "key": rec.key.decode("utf-8", "replace") if rec.key is not None else None,
-        "value": (rec.value or b"").decode("utf-8", "replace"),
-        "error_code": code,
-        "reason": reason,
-        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-    }
-    key = rec.key or f"{rec.topic}:{rec.partition}:{rec.offset}".encode()
-    return Message(topics.DEADLETTER, rec.partition, key, dumps(letter))
+    failed_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    return dead_letter_message(rec, code, reason, failed_at)
 
 
-def register(app: faust.App, table: faust.GlobalTable, publisher: Publisher) -> Any:
+def register(app: faust.App, table: GlobalTableT, publisher: Publisher) -> Any:
     """Every worker's global table reads the whole changelog; this agent writes it.
 
     The value is stored through the table's storage and published to the changelog

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types.tables import GlobalTableT, TableT
 from mode.supervisors import CrashingSupervisor
 
 from streambill.agents import snapshots
@@ -56,9 +57,9 @@ class BytesKeyed(MutableMapping[str, Any]):
 
 @dataclass
 class Tables:
-    accounts: faust.GlobalTable
-    balances: faust.Table
-    dedup: faust.Table
+    accounts: GlobalTableT
+    balances: TableT[Any, Any]
+    dedup: TableT[Any, Any]
 
 
 def _use_fetch_wait(fetch_max_wait_ms: int) -> None:
@@ -123,43 +124,26 @@ def tables_dir(settings: Settings) -> Path:
 
 
 def create_tables(app: faust.App, settings: Settings) -> Tables:
+    """The three tables: raw bytes keys and values, snapshot stores, explicit changelogs
+    with the source topics' partition count."""
     snapshots.register()
-    raw = {
-        "schema": faust.Schema(key_serializer="raw", value_serializer="raw"),
-        "store": f"{snapshots.SCHEME}://{tables_dir(settings)}",
-    }
+    n = settings.topic_partitions
+    schema: faust.Schema = faust.Schema(key_serializer="raw", value_serializer="raw")
+    store = f"{snapshots.SCHEME}://{tables_dir(settings)}"
+
+    def changelog(name: str) -> faust.TopicT:
+        return app.topic(name, partitions=n, key_serializer="raw", value_serializer="raw")
+
+    def options(name: str) -> dict[str, Any]:
+        return {
+            "partitions": n,
+            "changelog_topic": changelog(name),
+            "schema": schema,
+            "store": store,
+        }
+
     return Tables(
-        accounts=app.GlobalTable(
-            "accounts",
-            partitions=settings.topic_partitions,
-            changelog_topic=app.topic(
-                topics.ACCOUNTS_CHANGELOG,
-                partitions=settings.topic_partitions,
-                key_serializer="raw",
-                value_serializer="raw",
-            ),
-            **raw,  # type: ignore[arg-type]
-        ),
-        balances=app.Table(
-            "balances",
-            partitions=settings.topic_partitions,
-            changelog_topic=app.topic(
-                topics.BALANCES_CHANGELOG,
-                partitions=settings.topic_partitions,
-                key_serializer="raw",
-                value_serializer="raw",
-            ),
-            **raw,  # type: ignore[arg-type]
-        ),
-        dedup=app.Table(
-            "dedup",
-            partitions=settings.topic_partitions,
-            changelog_topic=app.topic(
-                topics.DEDUP_CHANGELOG,
-                partitions=settings.topic_partitions,
-                key_serializer="raw",
-                value_serializer="raw",
-            ),
-            **raw,  # type: ignore[arg-type]
-        ),
+        accounts=app.GlobalTable("accounts", **options(topics.ACCOUNTS_CHANGELOG)),
+        balances=app.Table("balances", **options(topics.BALANCES_CHANGELOG)),
+        dedup=app.Table("dedup", **options(topics.DEDUP_CHANGELOG)),
     )

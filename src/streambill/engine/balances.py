@@ -110,8 +110,21 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
+def dead_letter_message(rec: Record, code: str, reason: str, failed_at: str) -> Message:
+    """The ``billing.deadletter.v1`` record for ``rec`` (CONTRACT section 4), keyed like the
+    original or, without a key, by its position."""
+    letter = {
+        "topic": rec.topic,
+        "partition": rec.partition,
+        "offset": rec.offset,
+        "key": rec.key.decode("utf-8", errors="replace") if rec.key is not None else None,
+        "value": (rec.value or b"").decode("utf-8", errors="replace"),
+        "error_code": code,
+        "reason": reason[:1000],
+        "failed_at": failed_at,
+    }
+    key = rec.key or f"{rec.topic}:{rec.partition}:{rec.offset}".encode()
+    return Message(topics.DEADLETTER, rec.partition, key, orjson.dumps(letter))
 
 
 class _Batch:
@@ -177,20 +190,7 @@ class _Batch:
     def dead_letter(
         self, rec: Record, code: str, reason: str, state: CustomerState | None = None
     ) -> None:
-        value = rec.value or b""
-        text = value.decode("utf-8", errors="replace")
-        letter = {
-            "topic": rec.topic,
-            "partition": rec.partition,
-            "offset": rec.offset,
-            "key": rec.key.decode("utf-8", errors="replace") if rec.key is not None else None,
-            "value": text,
-            "error_code": code,
-            "reason": reason[:1000],
-            "failed_at": self.applied_at,
-        }
-        key = rec.key or f"{rec.topic}:{rec.partition}:{rec.offset}".encode()
-        self.emit(Message(topics.DEADLETTER, rec.partition, key, orjson.dumps(letter)), state)
+        self.emit(dead_letter_message(rec, code, reason, self.applied_at), state)
         self.out.dead_letters += 1
         log.info(
             "dead letter %s topic=%s partition=%d offset=%d: %s",
