@@ -16,6 +16,7 @@ from faust.types.tables import GlobalTableT
 
 from streambill.agents.app import BytesKeyed
 from streambill.agents.metrics import ACCOUNTS_KNOWN
+from streambill.agents.positions import SourcePositions
 from streambill.agents.publisher import Publisher
 from streambill.engine.balances import Message, Record, dead_letter_message
 from streambill.errors import StreambillError
@@ -58,7 +59,9 @@ def dead_letter(rec: Record, code: str, reason: str) -> Message:
     return dead_letter_message(rec, code, reason, failed_at)
 
 
-def register(app: faust.App, table: GlobalTableT, publisher: Publisher) -> Any:
+def register(
+    app: faust.App, table: GlobalTableT, publisher: Publisher, positions: SourcePositions
+) -> Any:
     """Every worker's global table reads the whole changelog; this agent writes it.
 
     The value is stored through the table's storage and published to the changelog
@@ -72,8 +75,9 @@ def register(app: faust.App, table: GlobalTableT, publisher: Publisher) -> Any:
         async for events in stream.take_events(1000, within=0.05):
             out: list[Message] = []
             fresh: dict[str, bytes] = {}
-            for event in events:
-                msg = event.message
+            # In offset order and once each: a late, older version never overwrites a newer.
+            messages = await positions.admit([event.message for event in events])
+            for msg in messages:
                 rec = Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
                 try:
                     account = decode_account(msg.value or b"")
@@ -90,6 +94,7 @@ def register(app: faust.App, table: GlobalTableT, publisher: Publisher) -> Any:
             await publisher.publish(out)
             for account_id, raw in fresh.items():
                 store[account_id] = raw
+            positions.mark_published(messages)
             ACCOUNTS_KNOWN.set(len(store))
 
     return accounts

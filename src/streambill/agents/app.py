@@ -108,12 +108,16 @@ def create_faust_app(settings: Settings) -> faust.App:
         agent_supervisor=CrashingSupervisor,
         datadir=str(settings.data_dir / "worker"),
     )
+    # The transport is created lazily (no event loop needed here); its consumer is created
+    # at start-up from this class. Both commit source offsets from the agents' positions.
     if settings.worker_fast_drain:
         from streambill.agents.fastdrain import FastDrainConsumer
 
-        # The transport is created lazily (no event loop needed here); its consumer is
-        # created at start-up from this class.
         app.transport.Consumer = FastDrainConsumer  # type: ignore[misc]
+    else:
+        from streambill.agents.consumer import StreambillConsumer
+
+        app.transport.Consumer = StreambillConsumer  # type: ignore[misc]
     return app
 
 

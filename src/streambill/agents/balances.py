@@ -2,7 +2,9 @@
 
 Thin by design: it batches with ``take_events``, hands raw records to
 :class:`~streambill.engine.balances.BalanceEngine` and publishes the result in the two phases
-that make effects exactly-once (see :mod:`streambill.engine.balances`). Tables are written
+that make effects exactly-once (see :mod:`streambill.engine.balances`). Records enter only
+through :class:`~streambill.agents.positions.SourcePositions`: in offset order, once, and
+what is committed is what was published. Tables are written
 through their storage plus an explicit changelog message to the source partition, which is
 what batch mode requires (a table cannot be assigned outside per-event iteration).
 """
@@ -17,6 +19,7 @@ from typing import Any
 import faust
 
 from streambill.agents.metrics import BATCH_EVENTS, BATCH_SECONDS, PARKED_CUSTOMERS, count_outputs
+from streambill.agents.positions import SourcePositions
 from streambill.agents.publisher import Publisher
 from streambill.engine.balances import BalanceEngine, Outputs, Record
 from streambill.settings import Settings
@@ -28,9 +31,12 @@ log = logging.getLogger(__name__)
 class BalancesRuntime:
     """Serializes the agent's batches and the timers' sweeps over one engine."""
 
-    def __init__(self, engine: BalanceEngine, publisher: Publisher) -> None:
+    def __init__(
+        self, engine: BalanceEngine, publisher: Publisher, positions: SourcePositions
+    ) -> None:
         self.engine = engine
         self.publisher = publisher
+        self.positions = positions
         self.lock = asyncio.Lock()
         self.batches = 0
         # True while the stores are ahead of what was published (between compute and the
@@ -49,9 +55,13 @@ class BalancesRuntime:
     async def process(self, records: list[Record]) -> None:
         async with self.lock:
             started = time.perf_counter()
+            records = await self.positions.admit(records)
+            if not records:
+                return
             self.dirty = True
             out = self.engine.process(records, time.time())
             await self.emit(out)
+            self.positions.mark_published(records)
             self.batches += 1
             BATCH_SECONDS.observe(time.perf_counter() - started)
             BATCH_EVENTS.observe(len(records))

@@ -16,8 +16,9 @@ import asyncio
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-from faust.transport.drivers.aiokafka import Consumer
 from mode.services import WaitResults
+
+from streambill.agents.consumer import StreambillConsumer
 
 
 class _Resume:
@@ -49,7 +50,7 @@ async def _finish(coro: Coroutine[Any, Any, Any], pending: Any) -> Any:
     return await _Resume(coro, pending)
 
 
-class FastDrainConsumer(Consumer):
+class FastDrainConsumer(StreambillConsumer):
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:  # noqa: ASYNC109
         if (
             len(coros) == 2

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import faust
 from confluent_kafka import Consumer, TopicPartition
+from faust.types import TP as FaustTP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streambill.agents import accounts as accounts_agent
@@ -20,6 +21,7 @@ from streambill.agents import snapshots
 from streambill.agents.accounts import AccountCache
 from streambill.agents.app import BytesKeyed, Tables, create_faust_app, create_tables, tables_dir
 from streambill.agents.balances import BalancesRuntime
+from streambill.agents.positions import TP, BrokerOffsets, SourcePositions
 from streambill.agents.publisher import CHANGELOGS, SEAL_KEY, Publisher
 from streambill.engine.balances import BalanceEngine, Message
 from streambill.settings import Settings
@@ -42,8 +44,22 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
         unknown_customer_retry_s=settings.unknown_customer_retry_s,
         dedup_window_s=settings.dedup_window_s,
     )
-    runtime = BalancesRuntime(engine, publisher)
-    accounts_agent.register(app, tables.accounts, publisher)
+    offsets = BrokerOffsets(settings.bootstrap, topics.APP_ID, settings.fetch_max_wait_ms)
+
+    async def seek(tp: TP, offset: int) -> None:
+        await app.consumer.seek_wait({FaustTP(tp.topic, tp.partition): offset})
+
+    def positions(*source: str) -> SourcePositions:
+        return SourcePositions(source, offsets.resolve, offsets.probe, seek)
+
+    balance_positions = positions(topics.USAGE, topics.PAYMENTS)
+    account_positions = positions(topics.ACCOUNTS)
+    app.streambill_positions = {  # type: ignore[attr-defined]
+        topic: p for p in (balance_positions, account_positions) for topic in p.topics
+    }
+    app.streambill_offsets = offsets  # type: ignore[attr-defined]
+    runtime = BalancesRuntime(engine, publisher, balance_positions)
+    accounts_agent.register(app, tables.accounts, publisher, account_positions)
     balances_agent.register(app, settings, runtime)
     state = {"parked_index_stale": True}
 
@@ -83,6 +99,9 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
+        # Faust seeks assigned partitions to their committed offsets: start from there.
+        for p in (balance_positions, account_positions):
+            p.reset(TP(tp.topic, tp.partition) for tp in assigned if p.tracks(tp.topic))
         state["parked_index_stale"] = True
 
     @app.page("/healthz")
@@ -98,6 +117,7 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
             "partitions": sorted(owned()),
             "accounts": len(tables.accounts.data),
             "batches": runtime.batches,
+            "seeks": balance_positions.seeks + account_positions.seeks,
         }
         return web.json(body, status=200 if is_ready else 503)
 
@@ -204,6 +224,7 @@ def run_worker(settings: Settings) -> int:
         if code == 0 and not runtime.dirty:
             _final_snapshot(settings, app)
         runtime.publisher.close()
+        app.streambill_offsets.close()  # type: ignore[attr-defined]
     return code
 
 

@@ -1,0 +1,60 @@
+"""The worker's Faust consumer: offsets are committed from :mod:`.positions`, not acks.
+
+Faust tracks a read offset per partition, drops messages below it and commits across
+"gaps" it infers from jumps in the offsets it sees. Around rebalances and recovery those
+read offsets drift from the client's real fetch position (see :mod:`.positions`), and
+messages are then dropped and committed unprocessed. :class:`StreambillConsumer` turns
+both off for the agents' source topics: every fetched message reaches the agent, whose
+:class:`~streambill.agents.positions.SourcePositions` admits it in order or asks for a
+seek, and the offset committed for a partition is how far its records are applied and
+published. Topics without positions keep Faust's behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faust.transport.drivers.aiokafka import Consumer
+from faust.types import TP as FaustTP
+
+from streambill.agents.positions import TP, SourcePositions
+
+
+class _NoReadOffsets(dict[Any, Any]):
+    """Always empty: Faust then neither drops a message as already read nor records gaps."""
+
+    def __missing__(self, key: Any) -> None:
+        return None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        return None
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class StreambillConsumer(Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_offset = _NoReadOffsets()
+
+    def _positions_for(self, topic: str) -> SourcePositions | None:
+        registry: dict[str, SourcePositions] = getattr(self.app, "streambill_positions", {})
+        return registry.get(topic)
+
+    def _new_offset(self, tp: FaustTP) -> int | None:
+        positions = self._positions_for(tp.topic)
+        if positions is None:
+            return super()._new_offset(tp)
+        offset = positions.committable(TP(tp.topic, tp.partition))
+        acked = self._acked.get(tp)
+        if acked and offset is not None:
+            # Faust's ack bookkeeping is not used for this topic; keep it from growing.
+            keep = [o for o in acked if o >= offset]
+            if len(keep) != len(acked):
+                acked[:] = keep
+                self._acked_index[tp] = set(keep)
+        committed = self._committed_offset.get(tp)
+        if offset is None or (committed is not None and offset <= committed):
+            return None
+        return offset

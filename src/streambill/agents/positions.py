@@ -1,0 +1,198 @@
+"""Source positions: every record of a source partition applied once, in offset order.
+
+Faust's consumer keeps its own read offset per partition and drops any message below it;
+it also records "gaps" when a message arrives beyond the next offset and later commits
+across them. Around rebalances and table recovery its read offsets and the fetch positions
+of the underlying client drift apart (seen here: after a restart, the first message after
+the seek to the committed offset 3170 was 5085 on three partitions at once, one fetch's
+worth; a later seek back re-fetched 3171.. and Faust dropped every one of them as already
+read). The worker then commits past messages it never processed, and SIGKILL loses them.
+
+So the worker does not let Faust decide. :class:`SourcePositions` knows, per source
+partition, the next offset to apply (``expected``) and how far everything is applied and
+published (``published``). It admits a record only at the expected offset; one below was
+already admitted; one beyond it means the consumer skipped messages: the record is held
+back and the partition is sought back to the expected offset. A real hole in the log (a
+transaction marker, records removed by retention) is told apart by asking the broker for
+the first offset at or after the expected one. The consumer commits ``published`` and
+nothing else (see :mod:`streambill.agents.consumer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import NamedTuple, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+
+RESEEK_AFTER_S = 5.0
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+class Positioned(Protocol):
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+R = TypeVar("R", bound=Positioned)
+Resolve = Callable[[TP], Awaitable[int]]
+"""The offset to start a partition at: the group's committed offset, else the log start."""
+Probe = Callable[[TP, int], Awaitable[int | None]]
+"""The first offset at or after the given one that holds a record (None: none yet)."""
+Seek = Callable[[TP, int], Awaitable[None]]
+
+
+class SourcePositions:
+    """Admission control and commit positions for the source partitions of one agent."""
+
+    def __init__(self, topics: Iterable[str], resolve: Resolve, probe: Probe, seek: Seek):
+        self.topics = frozenset(topics)
+        self._resolve = resolve
+        self._probe = probe
+        self._seek = seek
+        self.expected: dict[TP, int] = {}
+        self.published: dict[TP, int] = {}
+        self._probed: dict[TP, tuple[int, int | None]] = {}
+        self._sought: dict[TP, tuple[int, float]] = {}
+        self.redelivered = 0
+        self.held_back = 0
+        self.seeks = 0
+
+    def tracks(self, topic: str) -> bool:
+        return topic in self.topics
+
+    def reset(self, tps: Iterable[TP]) -> None:
+        """Partitions were assigned or revoked: their positions are read afresh."""
+        for tp in tps:
+            for table in (self.expected, self.published, self._probed, self._sought):
+                table.pop(tp, None)
+
+    async def admit(self, records: Iterable[R]) -> list[R]:
+        """The records to apply, in order: each partition's next offsets, none twice."""
+        admitted: list[R] = []
+        for rec in records:
+            tp = TP(rec.topic, rec.partition)
+            expected = self.expected.get(tp)
+            if expected is None:
+                expected = self.expected[tp] = await self._resolve(tp)
+            if rec.offset < expected:
+                self.redelivered += 1
+                continue
+            if rec.offset > expected:
+                expected = await self._past_hole(tp, expected, rec.offset)
+                if rec.offset != expected:
+                    self.held_back += 1
+                    continue
+            admitted.append(rec)
+            self.expected[tp] = rec.offset + 1
+        return admitted
+
+    def mark_published(self, records: Iterable[Positioned]) -> None:
+        """Everything in ``records`` (admitted by :meth:`admit`) is applied and published."""
+        for rec in records:
+            tp = TP(rec.topic, rec.partition)
+            if rec.offset + 1 > self.published.get(tp, -1):
+                self.published[tp] = rec.offset + 1
+
+    def committable(self, tp: TP) -> int | None:
+        """The offset the consumer may commit for ``tp`` (None: nothing published yet)."""
+        return self.published.get(tp)
+
+    async def _past_hole(self, tp: TP, expected: int, offset: int) -> int:
+        """A record at ``offset`` arrived while ``expected`` was due. Returns the new
+        expected offset: moved on when the broker holds nothing in between; otherwise the
+        partition is sought back (at most every few seconds) and ``expected`` stays."""
+        probed = self._probed.get(tp)
+        if probed is None or probed[0] != expected:
+            first = await self._probe(tp, expected)
+            probed = self._probed[tp] = (expected, first)
+        first = probed[1]
+        if first is not None and first > expected:
+            log.warning("%s: offsets %d..%d hold no records; moving on", tp, expected, first - 1)
+            expected = self.expected[tp] = first
+        if offset == expected:
+            return expected
+        sought = self._sought.get(tp)
+        now = time.monotonic()
+        if sought is None or sought[0] != expected or now - sought[1] > RESEEK_AFTER_S:
+            log.warning(
+                "%s: consumer skipped from %d to %d; seeking back to %d",
+                tp,
+                expected,
+                offset,
+                expected,
+            )
+            self._sought[tp] = (expected, now)
+            self.seeks += 1
+            await self._seek(tp, expected)
+        return expected
+
+
+class BrokerOffsets:
+    """What :class:`SourcePositions` asks the broker: a group's committed offsets and the
+    first offset holding a record. Blocking client calls, run in a thread, one at a time."""
+
+    def __init__(self, bootstrap: str, group: str, fetch_wait_ms: int = 50) -> None:
+        from confluent_kafka import Consumer
+
+        common = {"bootstrap.servers": bootstrap, "enable.auto.commit": False}
+        self._group = Consumer({**common, "group.id": group})
+        self._probe = Consumer(
+            {
+                **common,
+                "group.id": f"{group}-probe",
+                "fetch.wait.max.ms": fetch_wait_ms,
+                "enable.partition.eof": False,
+            }
+        )
+        self._lock = threading.Lock()
+
+    async def resolve(self, tp: TP) -> int:
+        return await asyncio.to_thread(self._start, tp)
+
+    async def probe(self, tp: TP, offset: int) -> int | None:
+        return await asyncio.to_thread(self._first, tp, offset)
+
+    def _start(self, tp: TP) -> int:
+        from confluent_kafka import TopicPartition
+
+        with self._lock:
+            [committed] = self._group.committed([TopicPartition(tp.topic, tp.partition)], 10)
+            if committed.offset >= 0:
+                return int(committed.offset)
+            low, _high = self._group.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=10
+            )
+            return int(low)
+
+    def _first(self, tp: TP, offset: int, timeout_s: float = 5.0) -> int | None:
+        from confluent_kafka import TopicPartition
+
+        with self._lock:
+            self._probe.assign([TopicPartition(tp.topic, tp.partition, offset)])
+            try:
+                deadline = time.monotonic() + timeout_s
+                while (left := deadline - time.monotonic()) > 0:
+                    for msg in self._probe.consume(1, timeout=min(left, 1.0)):
+                        if msg.error() is None:
+                            return int(msg.offset())  # type: ignore[arg-type]
+                return None
+            finally:
+                self._probe.unassign()
+
+    def close(self) -> None:
+        with self._lock:
+            self._group.close()
+            self._probe.close()
