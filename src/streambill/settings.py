@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # Hand consumed messages to the streams without Faust's four tasks per message when the
     # hand-off does not suspend (agents/fastdrain.py).
     worker_fast_drain: bool = True
+    # Read the balances agent's usage and payments with librdkafka in whole batches instead
+    # of through Faust's stream (agents/source.py); off: Faust's stream and take_events.
+    worker_direct_source: bool = True
     # Usage for an account the worker has not seen yet waits this long before dead-lettering.
     unknown_customer_retry_s: float = Field(default=90.0, ge=0)
     # Producer duplicates of an event_id are ignored for at least this long.

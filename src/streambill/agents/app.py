@@ -28,31 +28,42 @@ class BytesKeyed(MutableMapping[str, Any]):
 
     Faust's changelog recovery puts raw keys (bytes) into a memory store whatever the
     declared key type, so every key is kept as UTF-8 bytes and converted at this boundary.
+    Reads and writes go to the store's plain ``dict`` (``store.data``): the store's own
+    mapping methods go through ``Mapping.get`` -> ``__getitem__`` -> ``KeyError`` for a
+    missing key, which was a fifth of a busy worker's time.
     """
 
     __slots__ = ("_store",)
 
-    def __init__(self, store: MutableMapping[Any, Any]) -> None:
+    def __init__(self, store: Any) -> None:
         self._store = store
 
+    @property
+    def _data(self) -> dict[Any, Any]:
+        data = getattr(self._store, "data", None)
+        return data if isinstance(data, dict) else self._store
+
     def get(self, key: str, default: Any = None) -> Any:
-        return self._store.get(key.encode(), default)
+        return self._data.get(key.encode(), default)
 
     def __getitem__(self, key: str) -> Any:
-        return self._store[key.encode()]
+        return self._data[key.encode()]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._store[key.encode()] = value
+        self._data[key.encode()] = value
 
     def __delitem__(self, key: str) -> None:
-        del self._store[key.encode()]
+        del self._data[key.encode()]
 
     def __iter__(self) -> Iterator[str]:
-        for key in list(self._store.keys()):
+        for key in list(self._data.keys()):
             yield key.decode() if isinstance(key, bytes) else key
 
+    def items(self) -> Any:
+        return [(k.decode() if isinstance(k, bytes) else k, v) for k, v in self._data.items()]
+
     def __len__(self) -> int:
-        return len(self._store)
+        return len(self._data)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 import faust
 
 from streambill.agents.metrics import BATCH_EVENTS, BATCH_SECONDS, PARKED_CUSTOMERS, count_outputs
-from streambill.agents.positions import SourcePositions
+from streambill.agents.positions import TP, SourcePositions
 from streambill.agents.publisher import Publisher
 from streambill.engine.balances import BalanceEngine, Outputs, Record
 from streambill.settings import Settings
@@ -52,9 +52,13 @@ class BalancesRuntime:
         self.dirty = False
         count_outputs(out)
 
-    async def process(self, records: list[Record]) -> None:
+    async def process(self, records: list[Record], only: set[TP] | None = None) -> None:
+        """Apply a batch. ``only``: the partitions still owned when the lock is held (a
+        batch read before a revocation drops the records of revoked partitions)."""
         async with self.lock:
             started = time.perf_counter()
+            if only is not None:
+                records = [r for r in records if (r.topic, r.partition) in only]
             records = await self.positions.admit(records)
             if not records:
                 return
@@ -105,6 +109,7 @@ class BalancesRuntime:
         engine = self.engine
         for cid in [c for c, p in engine.parked_customers.items() if p in revoked]:
             del engine.parked_customers[cid]
+            engine.parked_since.pop(cid, None)
 
 
 def register(app: faust.App, settings: Settings, runtime: BalancesRuntime) -> Any:

@@ -12,6 +12,7 @@ published. Topics without positions keep Faust's behaviour.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from faust.transport.drivers.aiokafka import Consumer
@@ -37,6 +38,35 @@ class StreambillConsumer(Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_offset = _NoReadOffsets()
+
+    def _direct(self) -> frozenset[str]:
+        """Topics read by :class:`~streambill.agents.source.SourceReader`, never here."""
+        return getattr(self.app, "streambill_direct_topics", frozenset())
+
+    def _set_active_tps(self, tps: set[FaustTP]) -> set[FaustTP]:
+        active = super()._set_active_tps(tps)
+        direct = self._direct()
+        if direct:
+            active.difference_update([tp for tp in active if tp.topic in direct])
+        return active
+
+    def resume_partitions(self, tps: Iterable[FaustTP]) -> None:
+        direct = self._direct()
+        super().resume_partitions([tp for tp in tps if tp.topic not in direct])
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[FaustTP]:
+        """Faust commits partitions with acks; positions' partitions commit without any."""
+        seen = set()
+        for tp in super()._filter_tps_with_pending_acks(topics):
+            seen.add(tp)
+            yield tp
+        registry: dict[str, SourcePositions] = getattr(self.app, "streambill_positions", {})
+        for positions in set(registry.values()):
+            for topic, partition in list(positions.published):
+                tp = FaustTP(topic, partition)
+                if tp not in seen and (topics is None or tp in topics or topic in topics):
+                    seen.add(tp)
+                    yield tp
 
     def _positions_for(self, topic: str) -> SourcePositions | None:
         registry: dict[str, SourcePositions] = getattr(self.app, "streambill_positions", {})

@@ -79,6 +79,11 @@ class SourcePositions:
             for table in (self.expected, self.published, self._probed, self._sought):
                 table.pop(tp, None)
 
+    async def start(self, tp: TP) -> int:
+        """Resolve where ``tp`` starts (after :meth:`reset`) and expect that offset."""
+        offset = self.expected[tp] = await self._resolve(tp)
+        return offset
+
     async def admit(self, records: Iterable[R]) -> list[R]:
         """The records to apply, in order: each partition's next offsets, none twice."""
         admitted: list[R] = []

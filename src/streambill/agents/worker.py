@@ -23,6 +23,7 @@ from streambill.agents.app import BytesKeyed, Tables, create_faust_app, create_t
 from streambill.agents.balances import BalancesRuntime
 from streambill.agents.positions import TP, BrokerOffsets, SourcePositions
 from streambill.agents.publisher import CHANGELOGS, SEAL_KEY, Publisher
+from streambill.agents.source import SourceReader
 from streambill.engine.balances import BalanceEngine, Message
 from streambill.settings import Settings
 from streambill.streams import topics
@@ -46,21 +47,51 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     )
     offsets = BrokerOffsets(settings.bootstrap, topics.APP_ID, settings.fetch_max_wait_ms)
 
+    reader: SourceReader | None = None
+
     async def seek(tp: TP, offset: int) -> None:
-        await app.consumer.seek_wait({FaustTP(tp.topic, tp.partition): offset})
+        if reader is not None and tp.topic in direct:
+            await reader.seek(tp, offset)
+        else:
+            await app.consumer.seek_wait({FaustTP(tp.topic, tp.partition): offset})
 
     def positions(*source: str) -> SourcePositions:
         return SourcePositions(source, offsets.resolve, offsets.probe, seek)
 
     balance_positions = positions(topics.USAGE, topics.PAYMENTS)
     account_positions = positions(topics.ACCOUNTS)
+    direct = balance_positions.topics if settings.worker_direct_source else frozenset()
+    app.streambill_direct_topics = direct  # type: ignore[attr-defined]
     app.streambill_positions = {  # type: ignore[attr-defined]
         topic: p for p in (balance_positions, account_positions) for topic in p.topics
     }
     app.streambill_offsets = offsets  # type: ignore[attr-defined]
     runtime = BalancesRuntime(engine, publisher, balance_positions)
     accounts_agent.register(app, tables.accounts, publisher, account_positions)
+    # Registered in both modes: its subscription is what assigns this worker the source
+    # partitions and co-partitions the tables. With the direct source it receives nothing.
     balances_agent.register(app, settings, runtime)
+    if direct:
+        reader = SourceReader(
+            settings.bootstrap,
+            topics.APP_ID,
+            runtime,
+            batch_max=settings.worker_batch_max,
+            batch_wait_s=settings.worker_batch_wait_ms / 1000,
+            fetch_wait_ms=settings.fetch_max_wait_ms,
+        )
+        app.streambill_reader = reader  # type: ignore[attr-defined]
+
+        def owned_sources() -> set[TP]:
+            return {
+                TP(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in direct
+            }
+
+        @app.task
+        async def read_sources() -> None:
+            assert reader is not None
+            await reader.run(owned_sources, ready)
+
     state = {"parked_index_stale": True}
 
     def owned() -> set[int]:
@@ -94,6 +125,8 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+        if reader is not None:
+            await reader.release({TP(tp.topic, tp.partition) for tp in revoked})
         runtime.forget_partitions({tp.partition for tp in revoked if tp.topic == topics.USAGE})
         state["parked_index_stale"] = True
 
@@ -225,6 +258,9 @@ def run_worker(settings: Settings) -> int:
             _final_snapshot(settings, app)
         runtime.publisher.close()
         app.streambill_offsets.close()  # type: ignore[attr-defined]
+        reader = getattr(app, "streambill_reader", None)
+        if reader is not None:
+            reader.close()
     return code
 
 

@@ -22,12 +22,27 @@ def rate_usage(quantity: Decimal, unit_price: Decimal) -> int:
     >>> rate_usage(Decimal("0.0000035"), Decimal("1"))
     4
     """
+    key = (quantity, unit_price)
+    micros = _RATED.get(key)
+    if micros is not None:
+        return micros
     with localcontext() as ctx:
         ctx.prec = 60
         micros = round_micros(quantity * unit_price)
     if micros > MAX_AMOUNT_MICROS:
         raise InvalidEvent(f"charge out of range: {quantity} * {unit_price}")
+    if len(_RATED) >= _RATED_MAX:
+        _RATED.clear()
+    _RATED[key] = micros
     return micros
+
+
+# Charges of recent (quantity, unit price) pairs. Usage repeats its quantities (whole
+# minutes, token blocks, the same call lengths), and a hit costs a dict lookup instead of two
+# 60-digit Decimal operations. Equal Decimals hash alike ("1.50" and "1.5"), and equal values
+# have equal charges, so a hit is exact.
+_RATED_MAX = 65_536
+_RATED: dict[tuple[Decimal, Decimal], int] = {}
 
 
 def price_for(prices: dict[str, Decimal], meter: str) -> Decimal:

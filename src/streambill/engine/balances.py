@@ -215,8 +215,10 @@ class _Batch:
             engine.balances[customer_id] = raw
             if state.parked:
                 engine.parked_customers[customer_id] = partition
+                engine.parked_since[customer_id] = state.parked[0][3]
             else:
                 engine.parked_customers.pop(customer_id, None)
+                engine.parked_since.pop(customer_id, None)
             self.out.state.append(
                 Message(topics.BALANCES_CHANGELOG, partition, customer_id.encode(), raw)
             )
@@ -244,6 +246,8 @@ class BalanceEngine:
         self.dedup_window_s = dedup_window_s
         # customer id -> partition, for customers with usage parked before their account.
         self.parked_customers: dict[str, int] = {}
+        # customer id -> when its oldest parked event arrived (epoch s).
+        self.parked_since: dict[str, float] = {}
         self._partition_cache: dict[str, int] = {}
         # Batches are tagged "<incarnation>:<number>"; a tag of this process at or below
         # ``confirmed_upto`` had every message published.
@@ -278,11 +282,14 @@ class BalanceEngine:
     def sweep_parked(self, owned: set[int], now_s: float) -> Outputs:
         """Apply parked usage whose account arrived; dead-letter what waited too long."""
         batch = _Batch(self, now_s)
+        expired_before = now_s - self.unknown_customer_retry_s
         for customer_id, partition in list(self.parked_customers.items()):
             if partition not in owned:
                 continue
-            state = batch.state(customer_id, partition, change=False)
             account = self.accounts.get(customer_id)
+            if account is None and self.parked_since.get(customer_id, 0.0) > expired_before:
+                continue  # still waiting for its account: nothing to load or write
+            state = batch.state(customer_id, partition, change=False)
             if account is not None:
                 batch.dirty.add(customer_id)
                 self._drain(batch, state, account)
@@ -308,9 +315,11 @@ class BalanceEngine:
     def rebuild_parked_index(self) -> None:
         """After recovery: find the customers whose stored state holds parked usage."""
         self.parked_customers.clear()
+        self.parked_since.clear()
         for customer_id, raw in self.balances.items():
             if raw and b'"p":[[' in raw:
                 self.parked_customers[customer_id] = self.partition_of(customer_id)
+                self.parked_since[customer_id] = CustomerState.loads(raw).parked[0][3]
 
     def partition_of(self, customer_id: str) -> int:
         cached = self._partition_cache.get(customer_id)
