@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -60,9 +61,14 @@ def dead_letter(rec: Record, code: str, reason: str) -> Message:
 
 
 def register(
-    app: faust.App, table: GlobalTableT, publisher: Publisher, positions: SourcePositions
+    app: faust.App,
+    table: GlobalTableT,
+    publisher: Publisher,
+    positions: SourcePositions,
+    follower_active: Callable[[], bool] = lambda: False,
 ) -> Any:
-    """Every worker's global table reads the whole changelog; this agent writes it.
+    """Validates accounts and writes the global table's changelog; every worker's
+    :class:`~streambill.agents.follower.ChangelogFollower` applies it to its table.
 
     The value is stored through the table's storage and published to the changelog
     explicitly (bytes keys, raw values), the same way the balances agent writes its tables.
@@ -92,9 +98,11 @@ def register(
                 out.append(Message(topics.ACCOUNTS_CHANGELOG, msg.partition, key, msg.value))
                 fresh[account.account_id] = msg.value or b""
             await publisher.publish(out)
-            for account_id, raw in fresh.items():
-                store[account_id] = raw
+            if not follower_active():
+                # Before the follower takes over (it applies the changelog on every worker).
+                for account_id, raw in fresh.items():
+                    store[account_id] = raw
+                ACCOUNTS_KNOWN.set(len(store))
             positions.mark_published(messages)
-            ACCOUNTS_KNOWN.set(len(store))
 
     return accounts

@@ -76,6 +76,9 @@ class SnapshotStore(MemoryStore):
 
     def __init__(self, url: Any, app: Any, table: Any, **kwargs: Any) -> None:
         self.offsets: dict[int, int] = {}
+        # Set when a ChangelogFollower took over (agents/follower.py): Faust's own
+        # changelog batches are then ignored, so the follower is this store's one writer.
+        self.followed = False
         super().__init__(url, app, table, **kwargs)
         directory = Path(self.url.path or ".")
         self.path = snapshot_path(directory, self.table_name)
@@ -106,6 +109,8 @@ class SnapshotStore(MemoryStore):
         self.offsets[tp.partition] = max(offset, self.offsets.get(tp.partition, -1))
 
     def apply_changelog_batch(self, batch: Iterable[Any], to_key: Any, to_value: Any) -> None:
+        if self.followed:
+            return
         events = list(batch)
         super().apply_changelog_batch(events, to_key, to_value)
         for event in events:

@@ -21,6 +21,8 @@ from streambill.agents import snapshots
 from streambill.agents.accounts import AccountCache
 from streambill.agents.app import BytesKeyed, Tables, create_faust_app, create_tables, tables_dir
 from streambill.agents.balances import BalancesRuntime
+from streambill.agents.follower import ChangelogFollower
+from streambill.agents.metrics import ACCOUNTS_KNOWN
 from streambill.agents.positions import TP, BrokerOffsets, SourcePositions
 from streambill.agents.publisher import CHANGELOGS, SEAL_KEY, Publisher
 from streambill.agents.source import SourceReader
@@ -67,7 +69,19 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     }
     app.streambill_offsets = offsets  # type: ignore[attr-defined]
     runtime = BalancesRuntime(engine, publisher, balance_positions)
-    accounts_agent.register(app, tables.accounts, publisher, account_positions)
+    follower = ChangelogFollower(
+        settings.bootstrap,
+        topics.APP_ID,
+        topics.ACCOUNTS_CHANGELOG,
+        settings.topic_partitions,
+        cast(snapshots.SnapshotStore, tables.accounts.data),
+        fetch_wait_ms=settings.fetch_max_wait_ms,
+        on_change=ACCOUNTS_KNOWN.set,
+    )
+    app.streambill_follower = follower  # type: ignore[attr-defined]
+    accounts_agent.register(
+        app, tables.accounts, publisher, account_positions, lambda: follower.started
+    )
     # Registered in both modes: its subscription is what assigns this worker the source
     # partitions and co-partitions the tables. With the direct source it receives nothing.
     balances_agent.register(app, settings, runtime)
@@ -112,6 +126,10 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
             await runtime.redeliver(owned())
             state["parked_index_stale"] = False
         await runtime.sweep(owned())
+
+    @app.task
+    async def follow_accounts() -> None:
+        await follower.run(cast(Any, app.tables).recovery.completed.wait())
 
     @app.timer(3600.0)
     async def expire_dedup() -> None:
@@ -258,6 +276,7 @@ def run_worker(settings: Settings) -> int:
             _final_snapshot(settings, app)
         runtime.publisher.close()
         app.streambill_offsets.close()  # type: ignore[attr-defined]
+        app.streambill_follower.close()  # type: ignore[attr-defined]
         reader = getattr(app, "streambill_reader", None)
         if reader is not None:
             reader.close()
