@@ -54,10 +54,10 @@ class Settings(BaseSettings):
     dedup_window_s: int = Field(default=8 * 24 * 3600, ge=7 * 24 * 3600)
     # Kafka session timeout; short so that group joins on the embedded broker take seconds.
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
-    # Idempotent producers. The embedded broker (Tansu 0.6) on durable storage failed an
-    # idempotent producer with OUT_OF_ORDER_SEQUENCE_NUMBER (fatal) after seconds of demo
-    # traffic, so `up` turns it off for its children; they keep order with one request in
-    # flight, and every consumer is idempotent by id anyway.
+    # Idempotent producers. The embedded broker (Tansu 0.6) on its s3 storage engine failed
+    # an idempotent producer with OUT_OF_ORDER_SEQUENCE_NUMBER (fatal) after seconds of demo
+    # traffic, so `up` turns it off for its children on that engine only; they then keep
+    # order with one request in flight per broker, which serializes partitions (slow).
     kafka_idempotence: bool = True
     # How long a fetch may wait on the broker for data; unset picks by broker (see below).
     kafka_fetch_max_wait_ms: int | None = Field(default=None, ge=1, le=5000)
