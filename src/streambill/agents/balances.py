@@ -42,6 +42,8 @@ class BalancesRuntime:
         # True while the stores are ahead of what was published (between compute and the
         # end of publish): no snapshot may be taken then.
         self.dirty = False
+        # The publish of the previous batch, still in flight (see :meth:`process_pipelined`).
+        self._in_flight: asyncio.Future[None] | None = None
 
     async def emit(self, out: Outputs) -> None:
         # Dedup records, then states (with their outboxes), then what the outboxes hold.
@@ -49,12 +51,31 @@ class BalancesRuntime:
         await self.publisher.publish(out.state)
         await self.publisher.publish(out.emit)
         self.engine.confirm(out.batch_no)
-        self.dirty = False
         count_outputs(out)
 
+    async def drain(self) -> None:
+        """Wait for the batch in flight (raises its publish error). Call under the lock."""
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            await in_flight
+        self.dirty = False
+
     async def process(self, records: list[Record], only: set[TP] | None = None) -> None:
-        """Apply a batch. ``only``: the partitions still owned when the lock is held (a
-        batch read before a revocation drops the records of revoked partitions)."""
+        """Apply a batch and return once it is published."""
+        await self.process_pipelined(records, only)
+        async with self.lock:
+            await self.drain()
+
+    async def process_pipelined(self, records: list[Record], only: set[TP] | None = None) -> None:
+        """Apply a batch; return while its publish is still in flight.
+
+        One batch is computed while the previous one is being published (the publish waits
+        out broker round trips; the compute is CPU), and publishes stay strictly in order:
+        this batch's is started only after the previous one's finished. A publish error
+        surfaces here on the next batch (or in :meth:`drain`) and stops the worker, so no
+        later batch is ever published after a failed one. ``only``: the partitions still
+        owned once the lock is held (records of partitions revoked meanwhile are dropped).
+        """
         async with self.lock:
             started = time.perf_counter()
             if only is not None:
@@ -64,14 +85,23 @@ class BalancesRuntime:
                 return
             self.dirty = True
             out = self.engine.process(records, time.time())
-            await self.emit(out)
-            self.positions.mark_published(records)
-            self.batches += 1
-            BATCH_SECONDS.observe(time.perf_counter() - started)
-            BATCH_EVENTS.observe(len(records))
+            if self._in_flight is not None:
+                await self._in_flight
+            # Everything up to this batch is published in order or the worker stops: its
+            # states need not carry the outboxes of the batch before (see BalanceEngine).
+            self.engine.vouch(out.batch_no)
+            self._in_flight = asyncio.ensure_future(self._publish(out, records, started))
+
+    async def _publish(self, out: Outputs, records: list[Record], started: float) -> None:
+        await self.emit(out)
+        self.positions.mark_published(records)
+        self.batches += 1
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        BATCH_EVENTS.observe(len(records))
 
     async def sweep(self, owned: set[int]) -> None:
         async with self.lock:
+            await self.drain()
             self.dirty = True
             out = self.engine.sweep_parked(owned, time.time())
             if out.dedup or out.state or out.emit:
@@ -82,6 +112,7 @@ class BalancesRuntime:
     async def redeliver(self, owned: set[int]) -> None:
         """After recovery: re-emit what states written before a restart still carry."""
         async with self.lock:
+            await self.drain()
             self.dirty = True
             out = self.engine.redeliver_outboxes(owned, time.time())
             if out.state or out.emit:
@@ -91,6 +122,7 @@ class BalancesRuntime:
 
     async def expire_dedup(self, owned: set[int]) -> None:
         async with self.lock:
+            await self.drain()
             self.dirty = True
             tombstones = self.engine.expire_dedup(owned, time.time())
             await self.publisher.publish(tombstones)

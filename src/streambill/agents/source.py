@@ -82,6 +82,7 @@ class SourceReader:
     async def release(self, revoked: set[TP]) -> None:
         """Partitions were revoked: stop reading them once the batch in flight is done."""
         async with self.runtime.lock:
+            await self.runtime.drain()
             gone = self.assigned & revoked
             if gone:
                 self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in gone])
@@ -109,13 +110,14 @@ class SourceReader:
             wanted = owned()
             if wanted != self.assigned:
                 async with self.runtime.lock:
+                    await self.runtime.drain()
                     await self.sync(wanted)
             if not self.assigned:
                 await asyncio.sleep(0.05)
                 continue
             records = await asyncio.to_thread(self._read)
             if records:
-                await self.runtime.process(records, only=self.assigned)
+                await self.runtime.process_pipelined(records, only=self.assigned)
 
     def close(self) -> None:
         self._consumer.close()

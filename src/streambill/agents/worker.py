@@ -104,7 +104,13 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
         @app.task
         async def read_sources() -> None:
             assert reader is not None
-            await reader.run(owned_sources, ready)
+            try:
+                await reader.run(owned_sources, ready)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a failed publish: stop, never skip past it
+                log.exception("balances source reader failed; stopping the worker")
+                await app.crash(exc)
 
     state = {"parked_index_stale": True}
 
@@ -205,6 +211,7 @@ async def take_snapshots(
     those offsets is harmless, because a replay from them ends on the same values.
     """
     async with runtime.lock:
+        await runtime.drain()
         if runtime.dirty:
             return
         write_snapshots(settings, tables, owned)

@@ -259,6 +259,12 @@ class BalanceEngine:
         """The batch's last phase is acknowledged: outboxes it left need no re-emission."""
         self.confirmed_upto = max(self.confirmed_upto, batch_no)
 
+    def vouch(self, batch_no: int) -> None:
+        """The batch's publish was started after every earlier one finished, and a failed
+        publish stops the process before anything later is published: later batches may
+        treat its outboxes as delivered (the agent's pipelining, agents/balances.py)."""
+        self.confirm(batch_no)
+
     def confirmed(self, tag: str) -> bool:
         incarnation, _, number = tag.partition(":")
         return incarnation == self.incarnation and int(number or 0) <= self.confirmed_upto
