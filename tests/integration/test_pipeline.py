@@ -279,3 +279,19 @@ def test_malformed_inputs_are_dead_lettered_and_neighbours_apply(stack: Stack) -
     assert ghost["key"] == "cus_ghost" and "g1" in ghost["value"]
     big = next(d for d in letters if len(d["value"]) > 1024 * 1024)
     assert big["topic"] == topics.USAGE and big["offset"] >= 0
+
+
+def test_two_workers_each_know_every_account_and_apply_their_partitions(stack: Stack) -> None:
+    # Each worker owns half of the partitions but must know every account: before the
+    # accounts follower, each knew only the half its own accounts agent wrote, and the other
+    # half's usage was parked and dead-lettered as unknown_customer.
+    stack.start_worker()
+    stack.start_worker()
+    msgs, model, unique = workload(seed=3, customers=400, events=8_000)
+    produce_all(stack.bootstrap, msgs)
+    check_ledger(stack, model, unique)
+    for _, port in stack.workers:
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
+        assert ready["accounts"] == 400, ready
+    letters = read_topic(stack.bootstrap, topics.DEADLETTER, until=0, timeout_s=3)
+    assert letters == []
