@@ -74,11 +74,8 @@ def dump(bootstrap: str, specs: Sequence[TopicSpec], directory: Path) -> int:
             "fetch.wait.max.ms": 10,
         }
     )
-    total = 0
     try:
-        for spec in specs:
-            for partition in range(spec.partitions):
-                total += _dump_partition(consumer, spec.name, partition, tmp)
+        total = _dump_partitions(consumer, specs, tmp)
     finally:
         consumer.close()
     (tmp / "groups").write_text(_group_offsets_text(bootstrap))
@@ -87,32 +84,44 @@ def dump(bootstrap: str, specs: Sequence[TopicSpec], directory: Path) -> int:
     return total
 
 
-def _dump_partition(consumer: Consumer, topic: str, partition: int, tmp: Path) -> int:
-    tp = TopicPartition(topic, partition, 0)
-    _low, high = consumer.get_watermark_offsets(tp, timeout=10)
-    if high <= 0:
-        return 0
-    consumer.assign([tp])
-    chunks: list[bytes] = []
-    last_offset = -1
-    deadline = time.monotonic() + 300
-    last_new = time.monotonic()
-    # The reported end may be the base offset of the last batch + 1 (Tansu), so read past it
-    # until the partition stays quiet.
-    while time.monotonic() < deadline:
-        for msg in consumer.consume(10_000, 0.2):
-            offset = msg.offset()
-            if msg.error() is not None or offset is None:
-                continue
-            chunks.append(_encode(offset, msg.timestamp()[1], msg.key(), msg.value()))
-            last_offset = offset
-            last_new = time.monotonic()
-        if last_offset >= high - 1 and time.monotonic() - last_new > _QUIET_S:
-            break
-    else:
-        raise SnapshotError(f"reading {topic}[{partition}] did not reach offset {high - 1}")
-    (tmp / f"{topic}.{partition}").write_bytes(b"".join(chunks))
-    return len(chunks)
+def _dump_partitions(consumer: Consumer, specs: Sequence[TopicSpec], tmp: Path) -> int:
+    """Read every non-empty partition at once (one partition at a time waited out a quiet
+    period each: ~48 s for 72 partitions at a Ctrl-C)."""
+    ends: dict[tuple[str, int], int] = {}
+    for spec in specs:
+        for partition in range(spec.partitions):
+            tp = TopicPartition(spec.name, partition, 0)
+            _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            if high > 0:
+                ends[(spec.name, partition)] = high
+    chunks: dict[tuple[str, int], list[bytes]] = {tp: [] for tp in ends}
+    last: dict[tuple[str, int], int] = dict.fromkeys(ends, -1)
+    if ends:
+        consumer.assign([TopicPartition(t, p, 0) for t, p in ends])
+        deadline = time.monotonic() + 300
+        last_new = time.monotonic()
+        # The reported end may be the base offset of the last batch + 1 (Tansu), so read
+        # past it until every partition reached it and all stay quiet.
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 0.05):
+                offset, topic, part = msg.offset(), msg.topic(), msg.partition()
+                if msg.error() is not None or offset is None or topic is None:
+                    continue
+                key = (topic, part or 0)
+                if key not in chunks or offset <= last[key]:
+                    continue
+                chunks[key].append(_encode(offset, msg.timestamp()[1], msg.key(), msg.value()))
+                last[key] = offset
+                last_new = time.monotonic()
+            reached = all(last[tp] >= high - 1 for tp, high in ends.items())
+            if reached and time.monotonic() - last_new > _QUIET_S:
+                break
+        else:
+            short = sorted(f"{t}[{p}]" for (t, p), high in ends.items() if last[(t, p)] < high - 1)
+            raise SnapshotError(f"reading {', '.join(short)} did not reach the end offsets")
+    for (topic, partition), records in chunks.items():
+        (tmp / f"{topic}.{partition}").write_bytes(b"".join(records))
+    return sum(len(records) for records in chunks.values())
 
 
 def _group_offsets_text(bootstrap: str) -> str:
