@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Final, NamedTuple, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from streambill.domain.money import parse_decimal
+from streambill.domain.money import DECIMAL_CONTEXT, parse_decimal
 from streambill.errors import InvalidEvent
 from streambill.streams import topics
 from streambill.streams.events import Alert, DeadLetter, LedgerEntry, decode_object, decode_usage
@@ -107,12 +107,10 @@ def quantity_decimal(value: object) -> Decimal:
     Decimal('2E-9')
     """
     number = parse_decimal(value, field="quantity")
-    with localcontext() as ctx:
-        ctx.prec = 60
-        try:
-            result = number.quantize(QUANTITY_SCALE, rounding=ROUND_HALF_EVEN)
-        except InvalidOperation:
-            raise InvalidEvent(f"quantity: out of range: {value!r}") from None
+    try:
+        result = number.quantize(QUANTITY_SCALE, rounding=ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
+    except InvalidOperation:
+        raise InvalidEvent(f"quantity: out of range: {value!r}") from None
     if abs(result) >= QUANTITY_MAX:
         raise InvalidEvent(f"quantity: out of range: {value!r}")
     return result

@@ -6,7 +6,7 @@ format what people read; :func:`round_micros` is the one rounding function (half
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from typing import Final
 
 from streambill.errors import InvalidEvent
@@ -17,6 +17,11 @@ CURRENCIES: Final = frozenset({"EUR", "USD", "GBP"})
 MAX_AMOUNT_MICROS: Final = 10**15  # one billion units
 MAX_QUANTITY: Final = Decimal(10**9)
 _MAX_DECIMAL_CHARS: Final = 40
+# The one arithmetic context for money: 60 digits, so products of bounded quantities and
+# prices are exact before the one rounding step. Passed explicitly (a ``localcontext()`` per
+# call cost more than the arithmetic).
+DECIMAL_CONTEXT: Final = Context(prec=60)
+_ONE: Final = Decimal(1)
 
 
 def parse_decimal(value: object, *, field: str) -> Decimal:
@@ -75,10 +80,8 @@ def round_micros(amount_units: Decimal) -> int:
         # Would not fit the 60-digit context (quantize raises InvalidOperation, which would
         # crash the agent on one bad event instead of dead-lettering it).
         raise InvalidEvent(f"amount out of range: {amount_units}")
-    with localcontext() as ctx:
-        ctx.prec = 60
-        scaled = amount_units * MICROS_PER_UNIT
-        return int(scaled.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    scaled = DECIMAL_CONTEXT.multiply(amount_units, MICROS_PER_UNIT)
+    return int(scaled.quantize(_ONE, rounding=ROUND_HALF_EVEN, context=DECIMAL_CONTEXT))
 
 
 def to_micros(value: object, *, field: str = "amount") -> int:

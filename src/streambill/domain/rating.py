@@ -6,9 +6,9 @@ result is exact before the one rounding step.
 
 from __future__ import annotations
 
-from decimal import Decimal, localcontext
+from decimal import Decimal
 
-from streambill.domain.money import MAX_AMOUNT_MICROS, round_micros
+from streambill.domain.money import DECIMAL_CONTEXT, MAX_AMOUNT_MICROS, round_micros
 from streambill.errors import InvalidEvent, UnknownMeter
 
 
@@ -26,9 +26,7 @@ def rate_usage(quantity: Decimal, unit_price: Decimal) -> int:
     micros = _RATED.get(key)
     if micros is not None:
         return micros
-    with localcontext() as ctx:
-        ctx.prec = 60
-        micros = round_micros(quantity * unit_price)
+    micros = round_micros(DECIMAL_CONTEXT.multiply(quantity, unit_price))
     if micros > MAX_AMOUNT_MICROS:
         raise InvalidEvent(f"charge out of range: {quantity} * {unit_price}")
     if len(_RATED) >= _RATED_MAX:
