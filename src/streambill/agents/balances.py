@@ -18,7 +18,14 @@ from typing import Any
 
 import faust
 
-from streambill.agents.metrics import BATCH_EVENTS, BATCH_SECONDS, PARKED_CUSTOMERS, count_outputs
+from streambill.agents.metrics import (
+    BATCH_EVENTS,
+    BATCH_SECONDS,
+    COMPUTE_SECONDS,
+    PARKED_CUSTOMERS,
+    PUBLISH_SECONDS,
+    count_outputs,
+)
 from streambill.agents.positions import TP, SourcePositions
 from streambill.agents.publisher import Publisher
 from streambill.engine.balances import BalanceEngine, Outputs, Record
@@ -47,9 +54,14 @@ class BalancesRuntime:
 
     async def emit(self, out: Outputs) -> None:
         # Dedup records, then states (with their outboxes), then what the outboxes hold.
-        await self.publisher.publish(out.dedup)
-        await self.publisher.publish(out.state)
-        await self.publisher.publish(out.emit)
+        clock = [time.perf_counter()]
+
+        def acknowledged(index: int) -> None:
+            now = time.perf_counter()
+            PUBLISH_SECONDS.labels(("dedup", "state", "emit")[index]).observe(now - clock[0])
+            clock[0] = now
+
+        await self.publisher.publish_phases([out.dedup, out.state, out.emit], acknowledged)
         self.engine.confirm(out.batch_no)
         count_outputs(out)
 
@@ -84,7 +96,9 @@ class BalancesRuntime:
             if not records:
                 return
             self.dirty = True
+            computing = time.perf_counter()
             out = self.engine.process(records, time.time())
+            COMPUTE_SECONDS.observe(time.perf_counter() - computing)
             if self._in_flight is not None:
                 await self._in_flight
             # Everything up to this batch is published in order or the worker stops: its

@@ -11,7 +11,18 @@ EVENTS = Counter(
 )
 BATCH_SECONDS = Histogram(
     "streambill_worker_batch_seconds",
-    "Time to process and publish one batch (compute, phase 1, phase 2).",
+    "Time from a batch's admission to the end of its publish (waits for the batch before).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+PUBLISH_SECONDS = Histogram(
+    "streambill_worker_publish_seconds",
+    "Time to publish one phase of a batch and have every message acknowledged.",
+    ["phase"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+COMPUTE_SECONDS = Histogram(
+    "streambill_worker_compute_seconds",
+    "Time to rate and apply one batch in memory (no I/O).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 BATCH_EVENTS = Histogram(

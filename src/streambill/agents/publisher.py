@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import Message as KafkaMessage
@@ -110,6 +110,32 @@ class Publisher:
         await self._flush_async()
         if seals:
             self._enqueue([Message(t, p, SEAL_KEY, None) for t, p in sorted(seals)])
+            await self._flush_async()
+
+    async def publish_phases(
+        self, phases: Sequence[Sequence[Message]], on_phase: Callable[[int], None] | None = None
+    ) -> None:
+        """Publish ``phases`` in order, each acknowledged before the next starts, sealing
+        changelog partitions like :meth:`publish` does, with one round trip per phase (plus
+        one when the last phase wrote changelogs): a phase's seals ride with the next phase's
+        messages, which never touch the sealed partitions (then they go on their own).
+        ``on_phase(i)`` is called once phase ``i`` is acknowledged."""
+        seals: list[Message] = []
+        for index, messages in enumerate(phases):
+            touched = {(m.topic, m.partition) for m in messages}
+            if seals and any((m.topic, m.partition) in touched for m in seals):
+                self._enqueue(seals)
+                await self._flush_async()
+                seals = []
+            batch = [*seals, *messages]
+            if batch:
+                self._enqueue(batch)
+                await self._flush_async()
+            seals = [Message(t, p, SEAL_KEY, None) for t, p in sorted(touched) if t in CHANGELOGS]
+            if on_phase is not None:
+                on_phase(index)
+        if seals:
+            self._enqueue(seals)
             await self._flush_async()
 
     async def publish_raw(self, messages: Sequence[Message]) -> None:

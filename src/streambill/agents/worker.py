@@ -32,6 +32,7 @@ from streambill.streams import topics
 
 log = logging.getLogger(__name__)
 SNAPSHOT_INTERVAL_S = 60.0
+FOLLOW_FETCH_WAIT_MS = 200
 
 
 def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
@@ -75,7 +76,9 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
         topics.ACCOUNTS_CHANGELOG,
         settings.topic_partitions,
         cast(snapshots.SnapshotStore, tables.accounts.data),
-        fetch_wait_ms=settings.fetch_max_wait_ms,
+        # Accounts may take a fifth of a second to reach every worker; a shorter wait would
+        # cost the embedded broker fifty empty fetches a second per worker.
+        fetch_wait_ms=max(settings.fetch_max_wait_ms, FOLLOW_FETCH_WAIT_MS),
         on_change=ACCOUNTS_KNOWN.set,
     )
     app.streambill_follower = follower  # type: ignore[attr-defined]
