@@ -129,8 +129,26 @@ class SnapshotStore(MemoryStore):
         Call only when nothing is between compute and publish. Atomic (temp file, fsync,
         rename). Returns the number of keys written.
         """
+        return self.freeze(sealed).write()
+
+    def freeze(self, sealed: Mapping[int, int]) -> Frozen:
+        """A copy of the keys and offsets to write later, off the processing path: the
+        copy takes milliseconds, encoding and fsyncing 100k customers took seconds, which
+        held up every batch behind it. Call only when nothing is between compute and
+        publish (``sealed`` as in :meth:`write_snapshot`)."""
         for partition, offset in sealed.items():
             self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
+        return Frozen(self.path, dict(self.offsets), dict(self.data))
+
+
+class Frozen:
+    """A table's keys and offsets at one quiescent point, ready to be written."""
+
+    def __init__(self, path: Path, offsets: dict[int, int], data: dict[Any, Any]) -> None:
+        self.path, self.offsets, self.data = path, offsets, data
+
+    def write(self) -> int:
+        """Atomic (temp file, fsync, rename). Returns the number of keys written."""
         data = [
             [k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")]
             for k, v in self.data.items()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, cast
 
 import faust
@@ -206,29 +207,48 @@ def changelog_ends(bootstrap: str, topic: str, partitions: set[int]) -> dict[int
 async def take_snapshots(
     settings: Settings, tables: Tables, runtime: BalancesRuntime, owned: set[int]
 ) -> None:
-    """Snapshot the tables at a quiescent point (under the processing lock, nothing dirty).
+    """Snapshot the tables at a quiescent point (under the processing lock, nothing in flight).
 
     Balances and dedup are written only by this worker for the partitions it owns, so after
     its last publish (sealed) their end offsets bound exactly what the stores hold. The
     global accounts table keeps the offsets its changelog replay reached; data newer than
-    those offsets is harmless, because a replay from them ends on the same values.
+    those offsets is harmless, because a replay from them ends on the same values. Only the
+    copy happens under the lock; encoding and writing run in a thread afterwards.
     """
     async with runtime.lock:
         await runtime.drain()
         if runtime.dirty:
             return
-        write_snapshots(settings, tables, owned)
+        ends = await asyncio.to_thread(snapshot_ends, settings, owned)
+        frozen = freeze_snapshots(tables, ends)
+    started = time.perf_counter()
+    keys = await asyncio.to_thread(lambda: sum(f.write() for f in frozen))
+    log.info("table snapshots written: %d keys in %.2f s", keys, time.perf_counter() - started)
 
 
-def write_snapshots(settings: Settings, tables: Tables, owned: set[int]) -> None:
+def snapshot_ends(settings: Settings, owned: set[int]) -> dict[str, dict[int, int]]:
+    """The sealed end of each owned partition of the balances and dedup changelogs."""
+    return {
+        topic: (changelog_ends(settings.bootstrap, topic, owned) if owned else {})
+        for topic in (topics.BALANCES_CHANGELOG, topics.DEDUP_CHANGELOG)
+    }
+
+
+def freeze_snapshots(tables: Tables, ends: dict[str, dict[int, int]]) -> list[snapshots.Frozen]:
+    frozen = []
     for table, topic in (
         (tables.balances, topics.BALANCES_CHANGELOG),
         (tables.dedup, topics.DEDUP_CHANGELOG),
     ):
-        ends = changelog_ends(settings.bootstrap, topic, owned) if owned else {}
         store = cast(snapshots.SnapshotStore, table.data)
-        store.write_snapshot({p: o for p, o in ends.items() if o >= 0})
-    cast(snapshots.SnapshotStore, tables.accounts.data).write_snapshot({})
+        frozen.append(store.freeze({p: o for p, o in ends[topic].items() if o >= 0}))
+    frozen.append(cast(snapshots.SnapshotStore, tables.accounts.data).freeze({}))
+    return frozen
+
+
+def write_snapshots(settings: Settings, tables: Tables, owned: set[int]) -> None:
+    for frozen in freeze_snapshots(tables, snapshot_ends(settings, owned)):
+        frozen.write()
     log.info("table snapshots written for partitions %s", sorted(owned))
 
 
