@@ -81,3 +81,20 @@ def test_register_makes_the_url_scheme_known() -> None:
     from faust.stores import by_url
 
     assert by_url("snapshot:///tmp/x") is SnapshotStore
+
+
+def test_chunked_write_is_one_document_and_the_frozen_copy_ignores_later_writes(
+    tmp_path: Path,
+) -> None:
+    first = store(tmp_path)
+    for i in range(2_501):
+        first.data[b"cus_%d" % i] = b'{"b":%d}' % i
+    frozen = first.freeze({2: 9})
+    first.data[b"cus_late"] = b'{"b":-1}'  # a batch after the freeze: not in this snapshot
+    assert frozen.write(chunk=100) == 2_501
+    doc = orjson.loads(snapshot_path(tmp_path, "balances").read_bytes())
+    assert doc["offsets"] == {"2": 9}
+    assert len(doc["data"]) == 2_501
+    second = store(tmp_path)
+    assert len(second.data) == 2_501 and b"cus_late" not in second.data
+    assert second.data[b"cus_2500"] == b'{"b":2500}'

@@ -147,22 +147,34 @@ class Frozen:
     def __init__(self, path: Path, offsets: dict[int, int], data: dict[Any, Any]) -> None:
         self.path, self.offsets, self.data = path, offsets, data
 
-    def write(self) -> int:
-        """Atomic (temp file, fsync, rename). Returns the number of keys written."""
-        data = [
-            [k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")]
-            for k, v in self.data.items()
-            if isinstance(k, bytes) and isinstance(v, bytes)
-        ]
-        doc = {"version": FORMAT_VERSION, "offsets": self.offsets, "data": data}
+    def write(self, chunk: int = 10_000) -> int:
+        """Atomic (temp file, fsync, rename). Returns the number of keys written.
+
+        The document is written ``chunk`` pairs at a time (one JSON document, the same as a
+        single ``orjson.dumps``), so the transient memory is a chunk, not a second copy of
+        the table.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
+        head = {"version": FORMAT_VERSION, "offsets": self.offsets}
+        written = 0
         with open(tmp, "wb") as fh:
-            fh.write(orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS))
+            fh.write(orjson.dumps(head, option=orjson.OPT_NON_STR_KEYS)[:-1] + b',"data":[')
+            pairs = [(k, v) for k, v in self.data.items() if isinstance(k, bytes)]
+            for start in range(0, len(pairs), chunk):
+                part = [
+                    [k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")]
+                    for k, v in pairs[start : start + chunk]
+                    if isinstance(v, bytes)
+                ]
+                if part:
+                    fh.write((b"," if written else b"") + orjson.dumps(part)[1:-1])
+                    written += len(part)
+            fh.write(b"]}")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
-        return len(data)
+        return written
 
 
 def register() -> None:
