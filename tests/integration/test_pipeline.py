@@ -295,3 +295,31 @@ def test_two_workers_each_know_every_account_and_apply_their_partitions(stack: S
         assert ready["accounts"] == 400, ready
     letters = read_topic(stack.bootstrap, topics.DEADLETTER, until=0, timeout_s=3)
     assert letters == []
+
+
+def test_faust_stream_path_with_a_kill_reaches_the_same_state(stack: Stack) -> None:
+    # STREAMBILL_WORKER_DIRECT_SOURCE=0: records come through Faust's stream, and the
+    # source positions alone keep them in order across a SIGKILL and the restart.
+    stack.env["STREAMBILL_WORKER_DIRECT_SOURCE"] = "0"
+    stack.start_worker()
+    msgs, model, unique = workload(seed=4, customers=300, events=20_000)
+    done = threading.Event()
+
+    def produce() -> None:
+        p = producer(stack.bootstrap)
+        for i, (topic, doc, key) in enumerate(msgs):
+            send(p, topic, doc, key)
+            if i % 2000 == 0:
+                p.poll(0)
+                time.sleep(0.2)
+        assert p.flush(60) == 0
+        done.set()
+
+    feeder = threading.Thread(target=produce, daemon=True)
+    feeder.start()
+    time.sleep(1.5)
+    stack.workers[0][0].kill()
+    stack.restart_worker(0)
+    feeder.join(timeout=120)
+    assert done.is_set()
+    check_ledger(stack, model, unique)
