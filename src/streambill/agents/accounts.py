@@ -65,7 +65,7 @@ def register(
     table: GlobalTableT,
     publisher: Publisher,
     positions: SourcePositions,
-    follower_active: Callable[[], bool] = lambda: False,
+    follower_active: Callable[[], bool],
 ) -> Any:
     """Validates accounts and writes the global table's changelog; every worker's
     :class:`~streambill.agents.follower.ChangelogFollower` applies it to its table.

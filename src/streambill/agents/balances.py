@@ -66,11 +66,21 @@ class BalancesRuntime:
         count_outputs(out)
 
     async def drain(self) -> None:
-        """Wait for the batch in flight (raises its publish error). Call under the lock."""
+        """Wait for the batch in flight. Call under the lock.
+
+        A failed publish stays in place and raises again here and in every later batch:
+        the next batch's states no longer carry the failed batch's outboxes (it was
+        vouched for), so nothing may be published after it; the worker must stop.
+        """
         if self._in_flight is not None:
-            in_flight, self._in_flight = self._in_flight, None
-            await in_flight
+            await self._in_flight
+            self._in_flight = None
         self.dirty = False
+
+    def check(self) -> None:
+        """Raise the error of a publish that failed while nobody was waiting for it."""
+        if self._in_flight is not None and self._in_flight.done():
+            self._in_flight.result()
 
     async def process(self, records: list[Record], only: set[TP] | None = None) -> None:
         """Apply a batch and return once it is published."""

@@ -104,6 +104,7 @@ class SourceReader:
     async def run(self, owned: Callable[[], set[TP]], ready: Callable[[], bool]) -> None:
         """Read and process until cancelled; wait while the worker rebalances or recovers."""
         while True:
+            self.runtime.check()  # a failed publish stops the reader (and the worker)
             if not ready():
                 await asyncio.sleep(0.05)
                 continue
