@@ -119,6 +119,28 @@ def produce_all(bootstrap: str, msgs: list[tuple[str, Any, str]]) -> None:
     assert p.flush(60) == 0
 
 
+def produce_spread(
+    bootstrap: str, msgs: list[tuple[str, Any, str]], *, every: int, pause_s: float
+) -> tuple[threading.Thread, threading.Event]:
+    """Produce ``msgs`` in a thread, pausing after every ``every`` messages so that kills
+    land mid-stream; the event is set once every message is acknowledged."""
+    done = threading.Event()
+
+    def produce() -> None:
+        p = producer(bootstrap)
+        for i, (topic, doc, key) in enumerate(msgs):
+            send(p, topic, doc, key)
+            if i % every == 0:
+                p.poll(0)
+                time.sleep(pause_s)
+        assert p.flush(60) == 0
+        done.set()
+
+    feeder = threading.Thread(target=produce, daemon=True)
+    feeder.start()
+    return feeder, done
+
+
 def check_ledger(stack: Stack, model: Model, expected_entries: int) -> dict[str, list[dict]]:
     entries = read_topic(
         stack.bootstrap, topics.LEDGER, until=expected_entries, timeout_s=240, distinct="entry_id"
@@ -200,20 +222,7 @@ def test_worker_killed_five_times_mid_run_reaches_the_same_state(stack: Stack) -
     stack.start_worker()
     msgs, model, unique = workload(seed=2, customers=1000, events=100_000)
     rng = random.Random(99)
-    done = threading.Event()
-
-    def produce() -> None:
-        p = producer(stack.bootstrap)
-        for i, (topic, doc, key) in enumerate(msgs):
-            send(p, topic, doc, key)
-            if i % 5000 == 0:
-                p.poll(0)
-                time.sleep(0.15)  # spread the run so the kills land mid-stream
-        assert p.flush(60) == 0
-        done.set()
-
-    feeder = threading.Thread(target=produce, daemon=True)
-    feeder.start()
+    feeder, done = produce_spread(stack.bootstrap, msgs, every=5000, pause_s=0.15)
     kills = 0
     while kills < 5:
         time.sleep(rng.uniform(0.5, 3.0))
@@ -303,20 +312,7 @@ def test_faust_stream_path_with_a_kill_reaches_the_same_state(stack: Stack) -> N
     stack.env["STREAMBILL_WORKER_DIRECT_SOURCE"] = "0"
     stack.start_worker()
     msgs, model, unique = workload(seed=4, customers=300, events=20_000)
-    done = threading.Event()
-
-    def produce() -> None:
-        p = producer(stack.bootstrap)
-        for i, (topic, doc, key) in enumerate(msgs):
-            send(p, topic, doc, key)
-            if i % 2000 == 0:
-                p.poll(0)
-                time.sleep(0.2)
-        assert p.flush(60) == 0
-        done.set()
-
-    feeder = threading.Thread(target=produce, daemon=True)
-    feeder.start()
+    feeder, done = produce_spread(stack.bootstrap, msgs, every=2000, pause_s=0.2)
     time.sleep(1.5)
     stack.workers[0][0].kill()
     stack.restart_worker(0)
