@@ -121,7 +121,7 @@ class ClickHouseSink:
             session_timeout_ms=self._settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=max(100, self._settings.kafka_session_timeout_ms // 3),
             max_poll_records=self._max_poll_records,
-            fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
+            fetch_max_wait_ms=self._settings.sink_fetch_wait_ms,
             request_timeout_ms=30_000,
         )
         consumer.subscribe(list(SINK_TOPICS), listener=_Rebalance(self))
