@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     stripe_api_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
+    # Python's cyclic GC runs a young-generation pass every this many allocations in the
+    # worker and the api (CPython's default is 700); 0 keeps the interpreter's default.
+    gc_gen0_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
     # Worker tuning. The batch bounds how many events one table update covers.
     worker_batch_max: int = Field(default=2000, ge=1, le=100_000)
     worker_batch_wait_ms: int = Field(default=20, ge=1, le=5_000)

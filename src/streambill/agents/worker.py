@@ -28,6 +28,7 @@ from streambill.agents.positions import TP, BrokerOffsets, SourcePositions
 from streambill.agents.publisher import CHANGELOGS, SEAL_KEY, Publisher
 from streambill.agents.source import SourceReader
 from streambill.engine.balances import BalanceEngine, Message
+from streambill.gctune import apply_gc_threshold
 from streambill.settings import Settings
 from streambill.streams import topics
 
@@ -287,6 +288,7 @@ def seal_changelogs(publisher: Publisher, partitions: int) -> None:
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; the exit code is non-zero after an agent crash."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    apply_gc_threshold(settings.gc_gen0_threshold)
     # Seal and check snapshots before the tables are built: a store loads its snapshot when
     # it is created.
     sealer = Publisher(settings.bootstrap, idempotence=settings.kafka_idempotence)

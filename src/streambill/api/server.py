@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from streambill.api.app import create_app
+from streambill.gctune import apply_gc_threshold
 from streambill.settings import Settings
 from streambill.stack import resolve_admin_key
 
@@ -16,6 +17,7 @@ def run_api(settings: Settings) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    apply_gc_threshold(settings.gc_gen0_threshold)
     if settings.admin_api_key is None:
         # Run alone: the key that `up` generated (or a new one) in the data dir, never logged.
         key = resolve_admin_key(settings, settings.data_dir)
