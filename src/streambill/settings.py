@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     # worker and the api (CPython's default is 700); 0 keeps the interpreter's default.
     gc_gen0_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
     # Worker tuning. The batch bounds how many events one table update covers.
-    worker_batch_max: int = Field(default=2000, ge=1, le=100_000)
+    # 5,000 measured best in the full bench (docs/performance.md step 12): 2,000 paid three
+    # broker round trips per 2,000 events; 10,000 pushed the RSS over 500 MB.
+    worker_batch_max: int = Field(default=5000, ge=1, le=100_000)
     worker_batch_wait_ms: int = Field(default=20, ge=1, le=5_000)
     # Hand consumed messages to the streams without Faust's four tasks per message when the
     # hand-off does not suspend (agents/fastdrain.py).
