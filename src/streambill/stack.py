@@ -53,6 +53,8 @@ ADMIN_KEY_FILE = "admin_api_key"
 ADMIN_KEY_PREFIX = "sb_admin_"
 DEMO_ARGS = ("--customers", "50", "--rate", "20")
 BROKER_SNAPSHOT = "broker-snapshot"
+# Written when a stop could not save the broker; `up` then refuses to start (see below).
+UNSAVED_MARKER = "broker-snapshot.unsaved"
 # How children are started; tests replace it with a stand-in CLI to test the supervision.
 CHILD_COMMAND: tuple[str, ...] = (sys.executable, "-m", "streambill.cli")
 
@@ -117,6 +119,8 @@ def run_up(settings: Settings, workers: int = 1) -> int:
 
 def _run(stack: _Stack, workers: int, stop: threading.Event) -> int:
     settings = stack.settings
+    if settings.kafka_bootstrap is None and settings.broker_storage == "durable":
+        refuse_unsaved(stack.data_dir)
     _forget_stale_pids(stack.run_dir)
     admin_key = resolve_admin_key(settings, stack.data_dir)
     _check_ports(settings, workers)
@@ -299,14 +303,40 @@ def _shutdown(stack: _Stack) -> bool:
                 stack.data_dir / BROKER_SNAPSHOT,
             )
             log.info("broker saved: %d records", saved)
-        except Exception:
+            (stack.data_dir / UNSAVED_MARKER).unlink(missing_ok=True)
+        except Exception as exc:
             log.exception("saving the broker failed; the previous snapshot is kept")
+            record_unsaved(stack.data_dir, exc)
             clean = False
     if stack.broker is not None:
         clean = stack.broker.stop(STOP_TIMEOUT_S) and clean
     stack.demo = stack.api = stack.broker = None
     stack.workers = []
     return clean
+
+
+def record_unsaved(data_dir: Path, exc: BaseException) -> None:
+    """Remember that the broker's last run is not in its snapshot."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    (data_dir / UNSAVED_MARKER).write_text(f"{stamp}: {exc}\n")
+
+
+def refuse_unsaved(data_dir: Path) -> None:
+    """Do not start from a snapshot older than the data the api already holds.
+
+    ClickHouse and the worker's table snapshots keep what happened after the broker's last
+    saved snapshot; restoring that snapshot would roll balances and ``seq`` back beneath
+    them. The operator decides: start fresh in a new data dir, or accept the loss."""
+    marker = data_dir / UNSAVED_MARKER
+    if not marker.exists():
+        return
+    reason = marker.read_text().strip()
+    raise StackError(
+        f"the embedded broker could not be saved when it last stopped ({reason}).\n"
+        f"Its snapshot in {data_dir / BROKER_SNAPSHOT} is older than the ledger in ClickHouse;\n"
+        f"starting from it would roll balances back. Start in a new data dir "
+        f"(STREAMBILL_DATA_DIR), or delete {marker} to start from the old snapshot anyway."
+    )
 
 
 def _saves_broker(stack: _Stack) -> bool:
