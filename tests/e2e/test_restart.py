@@ -132,9 +132,19 @@ def test_contract_events_from_kafka_restart_keeps_every_balance(tmp_path: Path) 
             }
             setup.append((topics.ACCOUNTS, cid.encode(), orjson.dumps(account)))
             setup.append((topics.PAYMENTS, cid.encode(), orjson.dumps(payment)))
+        late = setup.pop()  # one customer's account and top-up are sent on the warm stack
+        late_account = setup.pop()
         produce(up.bootstrap(), setup)
-        for cid in CUSTOMERS:
+        for cid in CUSTOMERS[:-1]:
             wait_balance(up, cid, 1, 30)
+        # A top-up right behind its account waits (parked) until the account reaches the
+        # worker; it is applied when the account arrives, not at the next periodic sweep.
+        sent = time.monotonic()
+        produce(up.bootstrap(), [late_account, late])
+        wait_balance(up, CUSTOMERS[-1], 1, 5)
+        took_s = time.monotonic() - sent
+        print(f"account + top-up -> api balance: {took_s * 1000:.0f} ms")
+        assert took_s < 1.0, "a new account's top-up took over 1 s to reach the balance"
         # A single usage event, timed from produce to the api's balance (kcat with
         # -X partitioner=murmur2_random does the same).
         sent = time.monotonic()

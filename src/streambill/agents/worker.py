@@ -34,7 +34,8 @@ from streambill.streams import topics
 
 log = logging.getLogger(__name__)
 SNAPSHOT_INTERVAL_S = 60.0
-FOLLOW_FETCH_WAIT_MS = 200
+FOLLOW_FETCH_WAIT_MS = 100
+SWEEP_EVERY_S = 1.0
 
 
 def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
@@ -72,16 +73,25 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     }
     app.streambill_offsets = offsets  # type: ignore[attr-defined]
     runtime = BalancesRuntime(engine, publisher, balance_positions)
+    # Set when the follower applied accounts: usage parked for one of them is applied now,
+    # not at the next periodic sweep (up to a second later).
+    accounts_arrived = asyncio.Event()
+
+    def accounts_changed(count: int) -> None:
+        ACCOUNTS_KNOWN.set(count)
+        accounts_arrived.set()
+
     follower = ChangelogFollower(
         settings.bootstrap,
         topics.APP_ID,
         topics.ACCOUNTS_CHANGELOG,
         settings.topic_partitions,
         cast(snapshots.SnapshotStore, tables.accounts.data),
-        # Accounts may take a fifth of a second to reach every worker; a shorter wait would
-        # cost the embedded broker fifty empty fetches a second per worker.
+        # Accounts may take a tenth of a second to reach every worker (a top-up sent right
+        # behind its account waits that long); a shorter wait would cost the embedded broker
+        # fifty empty fetches a second per worker.
         fetch_wait_ms=max(settings.fetch_max_wait_ms, FOLLOW_FETCH_WAIT_MS),
-        on_change=ACCOUNTS_KNOWN.set,
+        on_change=accounts_changed,
     )
     app.streambill_follower = follower  # type: ignore[attr-defined]
     accounts_agent.register(
@@ -128,15 +138,24 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
         recovery = cast(Any, app.tables).recovery
         return bool(not app.rebalancing and recovery.completed.is_set())
 
-    @app.timer(1.0)
+    @app.task
     async def sweep_parked() -> None:
-        if not ready():
-            return
-        if state["parked_index_stale"]:
-            engine.rebuild_parked_index()
-            await runtime.redeliver(owned())
-            state["parked_index_stale"] = False
-        await runtime.sweep(owned())
+        """Every second (dead-letter what waited too long), and as soon as accounts arrive
+        while usage is parked (apply it)."""
+        while True:
+            try:
+                await asyncio.wait_for(accounts_arrived.wait(), timeout=SWEEP_EVERY_S)
+                periodic = False
+            except TimeoutError:
+                periodic = True
+            accounts_arrived.clear()
+            if not ready() or not (periodic or engine.parked_customers):
+                continue
+            if state["parked_index_stale"]:
+                engine.rebuild_parked_index()
+                await runtime.redeliver(owned())
+                state["parked_index_stale"] = False
+            await runtime.sweep(owned())
 
     @app.task
     async def follow_accounts() -> None:
