@@ -17,9 +17,23 @@ def test_only_active_partitions_are_verified(monkeypatch: pytest.MonkeyPatch) ->
     checked: list[TP] = []
     monkeypatch.setattr(Consumer, "verify_event_path", lambda self, now, tp: checked.append(tp))
     consumer = object.__new__(StreambillConsumer)  # no app or broker needed for this check
-    monkeypatch.setattr(consumer, "_get_active_partitions", lambda: {ACCOUNTS})
+    consumer._active_partitions = {ACCOUNTS}
 
     for tp in (ACCOUNTS, USAGE, CHANGELOG):
         consumer.verify_event_path(1.0, tp)
 
     assert checked == [ACCOUNTS]
+
+
+def test_an_unknown_active_set_is_neither_checked_nor_computed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked: list[TP] = []
+    monkeypatch.setattr(Consumer, "verify_event_path", lambda self, now, tp: checked.append(tp))
+    consumer = object.__new__(StreambillConsumer)
+    consumer._active_partitions = None  # type: ignore[assignment]
+
+    consumer.verify_event_path(1.0, ACCOUNTS)
+
+    assert checked == []
+    assert consumer._active_partitions is None

@@ -54,8 +54,13 @@ class StreambillConsumer(Consumer):
         """Faust's livelock check runs every 2.5 s over every assigned partition and logs a
         multi-line error for each one it has not fetched. The direct topics (read by the
         SourceReader) and the changelogs paused after recovery are not fetched here by
-        design: checking them filled the worker's log (9 MB in 20 minutes of demo)."""
-        if tp in self._get_active_partitions():
+        design: checking them filled the worker's log (9 MB in 20 minutes of demo).
+
+        Reads the active set without computing it: ``_get_active_partitions()`` would set it
+        from the assignment of the moment (during a rebalance, before recovery resumed the
+        partitions) and the fetcher reads only what that set holds."""
+        active = self._active_partitions
+        if active is not None and tp in active:
             super().verify_event_path(now, tp)
 
     def resume_partitions(self, tps: Iterable[FaustTP]) -> None:
