@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from streambill.settings import load_settings
@@ -9,8 +11,6 @@ from streambill.settings import load_settings
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for key in list(os.environ):
         if key.startswith("STREAMBILL_"):
             monkeypatch.delenv(key)
