@@ -153,6 +153,7 @@ def check_ledger(stack: Stack, model: Model, expected_entries: int) -> dict[str,
         proc, port = stack.workers[0]
         try:
             ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).text
+            ready += " positions=" + httpx.get(f"http://127.0.0.1:{port}/positions", timeout=5).text
             metrics = [
                 line
                 for line in httpx.get(
@@ -165,7 +166,7 @@ def check_ledger(stack: Stack, model: Model, expected_entries: int) -> dict[str,
         pytest.fail(
             f"{found} of {expected_entries} entries; {len(letters)} dead letters {codes}; "
             f"worker alive={proc.popen is not None and proc.popen.poll() is None} "
-            f"ready={ready} {metrics}"
+            f"ready={ready} {metrics}\n{proc.tail(60)}"
         )
     assert invariant_violations(per_customer) == []
     for cid in model.prices:
@@ -319,3 +320,11 @@ def test_faust_stream_path_with_a_kill_reaches_the_same_state(stack: Stack) -> N
     feeder.join(timeout=120)
     assert done.is_set()
     check_ledger(stack, model, unique)
+    # The operator's view agrees: every source partition applied and published to its end.
+    port = stack.workers[0][1]
+    rows = httpx.get(f"http://127.0.0.1:{port}/positions", timeout=5).json()["partitions"]
+    sources = [r for r in rows if r["topic"] in (topics.USAGE, topics.PAYMENTS)]
+    assert len(sources) == 2 * PARTITIONS
+    for row in sources:
+        assert row["fetching"] and not row["direct"], row
+        assert row["published"] == row["expected"] == row["highwater"], row

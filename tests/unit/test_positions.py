@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import NamedTuple
 
-from streambill.agents.positions import TP, SourcePositions
+from streambill.agents.positions import STALL_AFTER_S, TP, SourcePositions
 
 T = "billing.usage.v1"
 
@@ -100,3 +100,61 @@ def test_partitions_are_independent() -> None:
     got = asyncio.run(p.admit([Rec(T, 0, 0), Rec(T, 1, 3), Rec(T, 1, 0), Rec(T, 0, 1)]))
     assert [(r.partition, r.offset) for r in got] == [(0, 0), (1, 0), (0, 1)]
     assert broker.seeks == [(TP(T, 1), 0)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def nudge(p: SourcePositions, highwater: int | None, partition: int = 0) -> bool:
+    return asyncio.run(p.nudge(TP(T, partition), highwater))
+
+
+def test_records_lost_at_the_end_of_a_partition_are_sought_back_after_a_quiet_spell() -> None:
+    # The consumer fetched 76..155 (log end 156) and lost them: nothing arrives to show a skip.
+    broker = FakeBroker({0: list(range(156))}, committed={0: 76})
+    clock = Clock()
+    p = SourcePositions([T], broker.resolve, broker.probe, broker.seek, clock=clock)
+    assert nudge(p, 156) is False  # starts the clock
+    clock.now += STALL_AFTER_S - 0.5
+    assert nudge(p, 156) is False
+    clock.now += 1.0
+    assert nudge(p, 156) is True
+    assert broker.seeks == [(TP(T, 0), 76)] and p.stalls == 1
+    # Right after the seek it waits again before seeking once more.
+    assert nudge(p, 156) is False
+    assert admit(p, *range(76, 156)) == list(range(76, 156))
+    clock.now += 60
+    assert nudge(p, 156) is False  # caught up
+    assert broker.seeks == [(TP(T, 0), 76)]
+
+
+def test_a_partition_that_keeps_moving_or_has_no_end_yet_is_left_alone() -> None:
+    broker = FakeBroker({0: list(range(100))}, committed={0: 0})
+    clock = Clock()
+    p = SourcePositions([T], broker.resolve, broker.probe, broker.seek, clock=clock)
+    for start in range(0, 60, 10):
+        assert nudge(p, 100) is False
+        assert admit(p, *range(start, start + 10)) == list(range(start, start + 10))
+        clock.now += STALL_AFTER_S - 1  # progress within every quiet spell
+    assert nudge(p, None) is False  # nothing fetched yet: no end known
+    assert broker.seeks == []
+
+
+def test_a_tail_without_records_moves_on_without_a_seek() -> None:
+    # 10..11 are transaction markers: the end (12) is never reached by a record.
+    broker = FakeBroker({0: list(range(10))}, committed={0: 10})
+    clock = Clock()
+    p = SourcePositions([T], broker.resolve, broker.probe, broker.seek, clock=clock)
+    assert nudge(p, 12) is False
+    clock.now += STALL_AFTER_S + 1
+    assert nudge(p, 12) is False
+    assert broker.seeks == []
+    # Records produced after the markers are then admitted without a seek.
+    broker.offsets[0] += [12, 13]
+    assert admit(p, 12, 13) == [12, 13]
+    assert broker.seeks == []

@@ -81,6 +81,41 @@ class StreambillConsumer(Consumer):
                     seen.add(tp)
                     yield tp
 
+    def fetch_state(self, topics: Iterable[str]) -> list[dict[str, Any]]:
+        """Per assigned partition of ``topics``: what Faust fetches and where the client is.
+
+        For operators (the worker's ``/positions`` page): a partition that stopped moving
+        shows here as not ``fetching``, ``paused`` or ``buffered`` (held back because the
+        stream's buffer was full). Read from the consumer thread's structures without a
+        lock: a snapshot, good enough to diagnose a stall."""
+        wanted = set(topics)
+        active = self._active_partitions
+        client: Any = getattr(getattr(self, "_thread", None), "_consumer", None)
+        assignment: Any = None
+        if client is not None:
+            assignment = getattr(getattr(client, "_subscription", None), "subscription", None)
+            assignment = getattr(assignment, "assignment", None)
+        rows = []
+        for tp in sorted(self.assignment()):
+            if tp.topic not in wanted:
+                continue
+            row: dict[str, Any] = {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "fetching": active is not None and tp in active,
+                "paused": tp in self._paused_partitions,
+                "buffered": tp in self._buffered_partitions,
+                "committed": self._committed_offset.get(tp),
+            }
+            state = assignment.state_value(tp) if assignment is not None else None
+            if state is not None:
+                row["client_position"] = state._position
+                row["client_paused"] = state.paused
+                row["client_status"] = getattr(state._status, "name", str(state._status))
+                row["highwater"] = state.highwater
+            rows.append(row)
+        return rows
+
     def _positions_for(self, topic: str) -> SourcePositions | None:
         registry: dict[str, SourcePositions] = getattr(self.app, "streambill_positions", {})
         return registry.get(topic)

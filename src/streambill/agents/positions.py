@@ -30,6 +30,7 @@ from typing import NamedTuple, Protocol, TypeVar
 log = logging.getLogger(__name__)
 
 RESEEK_AFTER_S = 5.0
+STALL_AFTER_S = 5.0
 
 
 class TP(NamedTuple):
@@ -57,8 +58,16 @@ Seek = Callable[[TP, int], Awaitable[None]]
 class SourcePositions:
     """Admission control and commit positions for the source partitions of one agent."""
 
-    def __init__(self, topics: Iterable[str], resolve: Resolve, probe: Probe, seek: Seek):
+    def __init__(
+        self,
+        topics: Iterable[str],
+        resolve: Resolve,
+        probe: Probe,
+        seek: Seek,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.topics = frozenset(topics)
+        self._clock = clock
         self._resolve = resolve
         self._probe = probe
         self._seek = seek
@@ -66,9 +75,14 @@ class SourcePositions:
         self.published: dict[TP, int] = {}
         self._probed: dict[TP, tuple[int, int | None]] = {}
         self._sought: dict[TP, tuple[int, float]] = {}
+        # When each partition's expected offset last moved (or was last seen caught up).
+        self._moved: dict[TP, float] = {}
+        # admit() and nudge() both await the broker between reading and moving ``expected``.
+        self._lock = asyncio.Lock()
         self.redelivered = 0
         self.held_back = 0
         self.seeks = 0
+        self.stalls = 0
 
     def tracks(self, topic: str) -> bool:
         return topic in self.topics
@@ -76,7 +90,7 @@ class SourcePositions:
     def reset(self, tps: Iterable[TP]) -> None:
         """Partitions were assigned or revoked: their positions are read afresh."""
         for tp in tps:
-            for table in (self.expected, self.published, self._probed, self._sought):
+            for table in (self.expected, self.published, self._probed, self._sought, self._moved):
                 table.pop(tp, None)
 
     async def start(self, tp: TP) -> int:
@@ -86,7 +100,12 @@ class SourcePositions:
 
     async def admit(self, records: Iterable[R]) -> list[R]:
         """The records to apply, in order: each partition's next offsets, none twice."""
+        async with self._lock:
+            return await self._admit(records)
+
+    async def _admit(self, records: Iterable[R]) -> list[R]:
         admitted: list[R] = []
+        moved: set[TP] = set()
         for rec in records:
             tp = TP(rec.topic, rec.partition)
             expected = self.expected.get(tp)
@@ -102,7 +121,56 @@ class SourcePositions:
                     continue
             admitted.append(rec)
             self.expected[tp] = rec.offset + 1
+            moved.add(tp)
+        if moved:
+            now = self._clock()
+            for tp in moved:
+                self._moved[tp] = now
         return admitted
+
+    async def nudge(self, tp: TP, highwater: int | None) -> bool:
+        """Seek ``tp`` back to its expected offset if records stopped arriving below the log
+        end: nothing admitted for :data:`STALL_AFTER_S` while ``highwater`` (the end the
+        consumer last fetched) lies beyond ``expected``. Returns whether it sought.
+
+        Faust's consumer can lose fetched records without a trace: seen after a SIGKILL and
+        restart, payments partitions whose client position stood at the log end (156) while
+        the agent had admitted nothing past the committed offset (76), every record in
+        between fetched and never delivered. Lost records in the middle of a partition show
+        up in :meth:`admit` as a skip; lost records at its end never do, because nothing
+        arrives after them: 41 top-ups sat unapplied until the next payment on that
+        partition (the worker's ``/positions`` page shows such a state). Called periodically for every partition the consumer fetches. A partition
+        that is merely slow costs one needless re-fetch (re-fetched records are dropped as
+        redelivered)."""
+        if highwater is None:
+            return False
+        now = self._clock()
+        async with self._lock:
+            expected = self.expected.get(tp)
+            if expected is None:
+                expected = self.expected[tp] = await self._resolve(tp)
+            if expected >= highwater:
+                self._moved[tp] = now
+                return False
+            if now - self._moved.setdefault(tp, now) < STALL_AFTER_S:
+                return False
+            self._moved[tp] = now
+            first = await self._first_record(tp, expected)
+            if first is None:
+                return False  # nothing readable between expected and the end (markers)
+            expected = first
+            log.warning(
+                "%s: nothing arrived from %d for %.0f s (log end %d); seeking back to %d",
+                tp,
+                expected,
+                STALL_AFTER_S,
+                highwater,
+                expected,
+            )
+            self.stalls += 1
+            self.seeks += 1
+            await self._seek(tp, expected)
+            return True
 
     def mark_published(self, records: Iterable[Positioned]) -> None:
         """Everything in ``records`` (admitted by :meth:`admit`) is applied and published."""
@@ -115,22 +183,32 @@ class SourcePositions:
         """The offset the consumer may commit for ``tp`` (None: nothing published yet)."""
         return self.published.get(tp)
 
+    async def _first_record(self, tp: TP, expected: int) -> int | None:
+        """The first offset at or after ``expected`` holding a record (asked once per
+        expected offset), with ``expected`` moved there when the offsets before hold none."""
+        probed = self._probed.get(tp)
+        if probed is not None and probed[0] == expected:
+            first: int | None = probed[1]
+        else:
+            first = await self._probe(tp, expected)
+            if first is not None:  # "none yet" may change: ask again next time
+                self._probed[tp] = (expected, first)
+        if first is not None and first > expected:
+            log.warning("%s: offsets %d..%d hold no records; moving on", tp, expected, first - 1)
+            self.expected[tp] = first
+        return first
+
     async def _past_hole(self, tp: TP, expected: int, offset: int) -> int:
         """A record at ``offset`` arrived while ``expected`` was due. Returns the new
         expected offset: moved on when the broker holds nothing in between; otherwise the
         partition is sought back (at most every few seconds) and ``expected`` stays."""
-        probed = self._probed.get(tp)
-        if probed is None or probed[0] != expected:
-            first = await self._probe(tp, expected)
-            probed = self._probed[tp] = (expected, first)
-        first = probed[1]
-        if first is not None and first > expected:
-            log.warning("%s: offsets %d..%d hold no records; moving on", tp, expected, first - 1)
-            expected = self.expected[tp] = first
+        first = await self._first_record(tp, expected)
+        if first is not None:
+            expected = first
         if offset == expected:
             return expected
         sought = self._sought.get(tp)
-        now = time.monotonic()
+        now = self._clock()
         if sought is None or sought[0] != expected or now - sought[1] > RESEEK_AFTER_S:
             log.warning(
                 "%s: consumer skipped from %d to %d; seeking back to %d",

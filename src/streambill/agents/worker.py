@@ -22,6 +22,7 @@ from streambill.agents import snapshots
 from streambill.agents.accounts import AccountCache
 from streambill.agents.app import BytesKeyed, Tables, create_faust_app, create_tables, tables_dir
 from streambill.agents.balances import BalancesRuntime
+from streambill.agents.consumer import StreambillConsumer
 from streambill.agents.follower import ChangelogFollower
 from streambill.agents.metrics import ACCOUNTS_KNOWN
 from streambill.agents.positions import TP, BrokerOffsets, SourcePositions
@@ -157,6 +158,26 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
                 state["parked_index_stale"] = False
             await runtime.sweep(owned())
 
+    # The partitions Faust's consumer fetches for an agent with source positions (the
+    # direct source reads its own and never loses records).
+    fetched_positions = [account_positions] + ([] if direct else [balance_positions])
+
+    @app.timer(1.0)
+    async def watch_positions() -> None:
+        """Seek back partitions whose fetched records never reached their agent (see
+        :meth:`SourcePositions.nudge`)."""
+        if not ready():
+            return
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            for p in fetched_positions:
+                if p.tracks(tp.topic):
+                    try:
+                        highwater = consumer.highwater(tp)
+                    except (AssertionError, KeyError):  # revoked meanwhile
+                        continue
+                    await p.nudge(TP(tp.topic, tp.partition), highwater)
+
     @app.task
     async def follow_accounts() -> None:
         await follower.run(cast(Any, app.tables).recovery.completed.wait())
@@ -199,8 +220,38 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
             "accounts": len(tables.accounts.data),
             "batches": runtime.batches,
             "seeks": balance_positions.seeks + account_positions.seeks,
+            "stalls": balance_positions.stalls + account_positions.stalls,
         }
         return web.json(body, status=200 if is_ready else 503)
+
+    @app.page("/positions")
+    async def positions_page(web: Any, request: Any) -> Any:
+        """Per source partition: where the worker applies (``expected``), what is published
+        and committed, and what the consumer fetches; the stream buffer's fill."""
+        rows = []
+        consumer = cast(StreambillConsumer, app.consumer)
+        for p in (balance_positions, account_positions):
+            for row in consumer.fetch_state(p.topics):
+                tp = TP(row["topic"], row["partition"])
+                rows.append(
+                    {
+                        **row,
+                        "direct": tp.topic in direct,
+                        "expected": p.expected.get(tp),
+                        "published": p.published.get(tp),
+                    }
+                )
+        buffers = [
+            {
+                "topics": sorted(channel.topics),
+                "size": channel.queue.qsize(),
+                "maxsize": channel.queue.maxsize,
+                "pressure_pending": len(channel.queue._pending_pressure_drop_callbacks),
+            }
+            for channel in list(cast(Any, app.topics)._topics)
+            if getattr(channel, "_queue", None) is not None
+        ]
+        return web.json({"partitions": rows, "buffers": buffers})
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
