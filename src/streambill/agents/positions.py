@@ -139,8 +139,10 @@ class SourcePositions:
         between fetched and never delivered. Lost records in the middle of a partition show
         up in :meth:`admit` as a skip; lost records at its end never do, because nothing
         arrives after them: 41 top-ups sat unapplied until the next payment on that
-        partition (the worker's ``/positions`` page shows such a state). Called periodically for every partition the consumer fetches. A partition
-        that is merely slow costs one needless re-fetch (re-fetched records are dropped as
+        partition (the worker's ``/positions`` page shows such a state).
+
+        Called every second for every partition the consumer fetches. A partition that is
+        merely slow costs one needless re-fetch (re-fetched records are dropped as
         redelivered)."""
         if highwater is None:
             return False
