@@ -232,3 +232,76 @@ def test_packaged_migrations_are_ordered_and_idempotent_sql() -> None:
         for statement in migration.statements():
             assert "IF NOT EXISTS" in statement, statement[:60]
             assert "Float" not in statement
+
+
+def _mapped(mapper: Any, obj: dict[str, Any]) -> Any:
+    try:
+        return ("row", mapper(obj))
+    except InvalidEvent as exc:
+        return ("error", exc.code, exc.message)
+
+
+_LEDGER_VARIANTS: list[dict[str, Any]] = [
+    {},
+    {"reseller_id": None},
+    {"meter": None, "quantity": None, "kind": "topup"},
+    {"quantity": "0.0000000025"},
+    {"quantity": "abc"},
+    {"quantity": "1e40"},
+    {"quantity": 1.5},
+    {"seq": 0},
+    {"seq": "2"},
+    {"seq": True},
+    {"amount_micros": "lots"},
+    {"amount_micros": 1.0},
+    {"balance_micros": "19775000"},
+    {"currency": "JPY"},
+    {"currency": "eur"},
+    {"entry_id": None},
+    {"entry_id": 7},
+    {"customer_id": ""},
+    {"occurred_at": "2026-11-25T10:00:00Z"},
+    {"occurred_at": "2026-11-25T10:00:00"},
+    {"applied_at": "2026-11-25 10:00:00+00:00"},
+    {"applied_at": "yesterday"},
+    {"extra_field": [1, 2]},
+]
+
+
+@pytest.mark.parametrize("change", _LEDGER_VARIANTS)
+def test_fast_ledger_mapping_matches_the_model(change: dict[str, Any]) -> None:
+    from streambill.analytics.rows import _fast_ledger_row, _ledger_row_from_model
+
+    obj = {**ledger_msg(), **change}
+    assert _mapped(lambda o: ledger_row(raw(o)), obj) == _mapped(_ledger_row_from_model, obj)
+    if change == {}:
+        assert _fast_ledger_row(obj) is not None  # the common case takes the fast path
+
+
+def test_a_ledger_entry_without_reseller_id_is_rejected_by_the_model() -> None:
+    entry = ledger_msg()
+    del entry["reseller_id"]
+    with pytest.raises(InvalidEvent, match="reseller_id"):
+        ledger_row(raw(entry))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{}, {"attributes": {}}, {"attributes": {"a": [1, {"b": None}]}}, {"quantity": "2.50"}],
+)
+def test_usage_rows_are_the_same_on_the_fast_path_and_the_model(change: dict[str, Any]) -> None:
+    from streambill.streams.events import usage_from_obj
+
+    msg = {
+        "event_id": "call-1",
+        "customer_id": "cus_1",
+        "meter": "call_minutes",
+        "quantity": "1.5",
+        "occurred_at": "2026-11-25T10:00:00+00:00",
+        **change,
+    }
+    event = usage_from_obj(msg)
+    row = usage_row(raw(msg), 1, 2)
+    assert row.quantity_text == str(event.quantity)
+    assert row.occurred_at == event.occurred_at
+    assert orjson.loads(row.attributes) == event.attributes

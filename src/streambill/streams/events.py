@@ -273,7 +273,7 @@ def decode_account(raw: bytes | str) -> AccountEvent:
 # The ISO 8601 forms pydantic and datetime.fromisoformat read alike; others go to pydantic.
 _ISO_AWARE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})")
 _PAYMENT_KINDS = frozenset(("topup", "refund", "chargeback", "adjustment"))
-_CURRENCIES = frozenset(("EUR", "USD", "GBP"))
+CURRENCIES = frozenset(("EUR", "USD", "GBP"))
 
 
 class FastUsage(NamedTuple):
@@ -305,7 +305,8 @@ def _short_str(value: object, max_len: int) -> bool:
     return type(value) is str and 0 < len(value) <= max_len
 
 
-def _aware(value: object) -> datetime | None:
+def iso_aware(value: object) -> datetime | None:
+    """An aware datetime for the ISO forms pydantic reads alike; None: let the model decide."""
     if type(value) is not str or _ISO_AWARE.fullmatch(value) is None:
         return None
     try:
@@ -335,7 +336,7 @@ def fast_usage(obj: dict[str, Any]) -> FastUsage | UsageEvent:
         and (attributes is _NO_ATTRIBUTES or type(attributes) is dict)
     ):
         quantity = _decimal_or_none(obj.get("quantity"), "quantity")
-        occurred_at = _aware(obj.get("occurred_at"))
+        occurred_at = iso_aware(obj.get("occurred_at"))
         if quantity is not None and occurred_at is not None and 0 <= quantity <= MAX_QUANTITY:
             return FastUsage(event_id, customer_id, meter, quantity, occurred_at)  # type: ignore[arg-type]
     return usage_from_obj(obj)
@@ -355,12 +356,12 @@ def fast_payment(obj: dict[str, Any]) -> FastPayment | PaymentEvent:
         and type(kind) is str
         and kind in _PAYMENT_KINDS
         and type(currency) is str
-        and currency in _CURRENCIES
+        and currency in CURRENCIES
         and (provider is None or (type(provider) is str and len(provider) <= 64))
         and (provider_ref is None or (type(provider_ref) is str and len(provider_ref) <= 256))
     ):
         amount = _decimal_or_none(obj.get("amount"), "amount")
-        occurred_at = _aware(obj.get("occurred_at"))
+        occurred_at = iso_aware(obj.get("occurred_at"))
         if (
             amount is not None
             and occurred_at is not None
