@@ -240,13 +240,20 @@ async def test_a_failed_flush_is_retried_and_nothing_is_committed_meanwhile(
     try:
         await eventually(lambda: sink.last_error is not None)
         assert await committed(bootstrap) == 0
+        # Entries keep arriving while inserts fail (and while a retry is in flight): they
+        # join the failed batch and are committed with it, not before.
+        produce_json(bootstrap, topics.LEDGER, ledger_chain("cus_b", 60), "customer_id")
+        await asyncio.sleep(1.5)
+        assert await committed(bootstrap) == 0
         # The ledger went in before the alerts failed; the retry must not insert it twice.
         await ch.command("RENAME TABLE alerts_away TO alerts")
         await eventually(lambda: sink.last_error is None, timeout_s=60)
+        await eventually(lambda: sink.view.pending_count == 0)
         assert await scalar(ch, "SELECT count() FROM alerts") == 1
-        assert await scalar(ch, "SELECT count() FROM ledger") == 3
+        assert await scalar(ch, "SELECT count() FROM ledger") == 3 + 61
+        assert await ch.run(queries.ledger_invariants) == []
         assert sink.running
     finally:
         await sink.stop()
         await ch.close()
-    assert await committed(bootstrap) == 4
+    assert await committed(bootstrap) == 4 + 61
