@@ -57,3 +57,38 @@ def test_services_images_and_dependencies() -> None:
     assert all(services[w]["command"] == ["worker"] for w in workers)
     for name in ("kafka", "clickhouse", "postgres"):
         assert "healthcheck" in services[name]
+
+
+def test_a_compose_client_accepts_the_file(tmp_path: Path) -> None:
+    """Parsed and validated by a real compose client where one is installed (Debian's
+    ``docker-compose`` 1.29, which needs no Docker engine for ``config``). That client
+    predates the Compose Specification's top-level ``name``, which the v2 client reads, so
+    it checks a copy without that one line."""
+    import shutil
+    import subprocess
+
+    client = shutil.which("docker-compose")
+    if client is None:
+        pytest.skip("no docker-compose client on this machine")
+    text = COMPOSE.read_text()
+    assert re.search(r"^name: streambill$", text, re.MULTILINE)
+    copy = tmp_path / "docker-compose.yml"
+    copy.write_text(re.sub(r"^name: .*\n", "", text, flags=re.MULTILINE))
+    (tmp_path / "deploy").symlink_to(ROOT / "deploy")
+    result = subprocess.run(
+        [client, "-f", str(copy), "config", "--services"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) == {
+        "kafka",
+        "topics",
+        "clickhouse",
+        "postgres",
+        "worker-1",
+        "worker-2",
+        "api",
+    }
