@@ -119,40 +119,24 @@ class Publisher:
         changelog partitions like :meth:`publish` does, with one round trip per phase (plus
         one when the last phase wrote changelogs): a phase's seals ride with the next phase's
         messages, which never touch the sealed partitions (then they go on their own).
-        ``on_phase(i)`` is called (from the publishing thread) once phase ``i`` is
-        acknowledged.
-
-        All phases run in one thread call. Between phases they need no event loop: the
-        balances agent computes its next batch on the loop meanwhile (~170 ms of CPU for
-        5,000 events, during which the loop runs nothing else), and a phase that had to wait
-        for the loop to start the next one waited out that whole computation: the first
-        phase took 140 ms per batch in the bench against 44 ms and 26 ms for the others.
-        """
-        try:
-            await asyncio.to_thread(self._publish_phases, phases, on_phase)
-        except KafkaException as exc:
-            raise PublishError(str(exc)) from exc
-
-    def _publish_phases(
-        self, phases: Sequence[Sequence[Message]], on_phase: Callable[[int], None] | None
-    ) -> None:
+        ``on_phase(i)`` is called once phase ``i`` is acknowledged."""
         seals: list[Message] = []
         for index, messages in enumerate(phases):
             touched = {(m.topic, m.partition) for m in messages}
             if seals and any((m.topic, m.partition) in touched for m in seals):
                 self._enqueue(seals)
-                self._flush()
+                await self._flush_async()
                 seals = []
             batch = [*seals, *messages]
             if batch:
                 self._enqueue(batch)
-                self._flush()
+                await self._flush_async()
             seals = [Message(t, p, SEAL_KEY, None) for t, p in sorted(touched) if t in CHANGELOGS]
             if on_phase is not None:
                 on_phase(index)
         if seals:
             self._enqueue(seals)
-            self._flush()
+            await self._flush_async()
 
     async def publish_raw(self, messages: Sequence[Message]) -> None:
         """Send ``messages`` as they are (no seals added) and wait for every ack."""
