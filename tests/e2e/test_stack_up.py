@@ -5,6 +5,7 @@ Needs the real ``streambill worker`` and ``streambill api`` (each answering /rea
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,10 @@ def test_up_starts_the_stack_and_sigterm_stops_every_child(tmp_path: Path) -> No
     code, pids, output = run_up_until_ready(data_dir, env)
     assert code == 0, output
     assert {"broker", "worker-0", "api"} <= set(pids)
+    # Every child finished its own shutdown: none died of the signal (the api did, -15).
+    exits = dict(re.findall(r"stopped (\S+) pid=\d+ exit=(-?\d+)", output))
+    assert {"broker", "worker-0", "api"} <= set(exits), output
+    assert {name: code for name, code in exits.items() if code != "0"} == {}, output
     assert [name for name, pid in pids.items() if pid_alive(pid)] == []
     assert [name for name, pid in pids.items() if process_group_members(pid)] == []
     key = (data_dir / "admin_api_key").read_text().strip()
