@@ -28,12 +28,11 @@ from streambill.streams.events import (
     CURRENCIES,
     Alert,
     DeadLetter,
-    FastUsage,
     LedgerEntry,
+    UsageEvent,
     decode_object,
     fast_usage,
     iso_aware,
-    usage_from_obj,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -244,12 +243,8 @@ def usage_row(raw: bytes, partition: int = 0, offset: int = 0) -> UsageRow:
     """A ``billing.usage.v1`` message that decodes under the worker's own rules (through
     the worker's hot-path decoder, which falls back to the model on any doubt)."""
     obj = decode_object(raw)
-    event = fast_usage(obj)
-    if type(event) is FastUsage:
-        attributes = obj.get("attributes", {})
-    else:
-        event = usage_from_obj(obj)
-        attributes = event.attributes
+    event = fast_usage(obj)  # the model's result (or its error) when not the common shape
+    attributes = event.attributes if isinstance(event, UsageEvent) else obj.get("attributes", {})
     return UsageRow(
         event.event_id,
         event.customer_id,
