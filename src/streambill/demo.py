@@ -9,13 +9,8 @@ or SIGINT/SIGTERM arrives. The generation lives in :mod:`streambill.loadgen` and
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Final
 
 from tqdm import tqdm
@@ -30,6 +25,7 @@ from streambill.loadgen.population import (
 )
 from streambill.loadgen.traffic import Message, Pacer, TrafficModel
 from streambill.settings import Settings
+from streambill.shutdown import StopRequest, stop_on_signals
 from streambill.streams.topics import ACCOUNTS, PAYMENTS
 
 log = logging.getLogger(__name__)
@@ -67,26 +63,6 @@ def session_id(started: datetime) -> str:
     return text or "0"
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop``; handlers exist only in the main thread, so elsewhere
-    the caller stops the demo through ``events``."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: stopping the demo", signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
 def _send_all(sender: Sender, messages: list[Message]) -> None:
     for message in messages:
         sender.send_json(message.topic, message.key, message.value)
@@ -94,7 +70,7 @@ def _send_all(sender: Sender, messages: list[Message]) -> None:
 
 
 def _traffic_loop(
-    sender: Sender, model: TrafficModel, *, rate: float, events: int, stop: threading.Event
+    sender: Sender, model: TrafficModel, *, rate: float, events: int, stop: StopRequest
 ) -> int:
     sent = 0
     pacer = Pacer(time.monotonic())
@@ -122,8 +98,8 @@ def run_demo(settings: Settings, *, customers: int, rate: float, events: int, se
     started = datetime.now(UTC)
     population = build_population(customers, seed)
     sender = Sender(settings, client_id="streambill-demo")
-    stop = threading.Event()
-    with _stop_on_signals(stop):
+    stop = StopRequest()
+    with stop_on_signals(stop):
         _send_all(sender, setup_messages(population, started))
         log.info(
             "demo: %d customers, %d resellers on %s",
@@ -134,5 +110,8 @@ def run_demo(settings: Settings, *, customers: int, rate: float, events: int, se
         model = TrafficModel(population, seed=seed, session=session_id(started))
         sent = _traffic_loop(sender, model, rate=rate, events=events, stop=stop)
         remaining = sender.flush(FLUSH_TIMEOUT_S)
+    stop.close()
+    if stop.is_set():
+        log.info("demo: %s received; stopped", stop.reason)
     log.info("demo: %d usage events sent, %d deliveries failed", sent, sender.failed)
     return 1 if remaining or sender.failed else 0

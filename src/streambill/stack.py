@@ -25,12 +25,9 @@ import os
 import secrets
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import httpx
 
@@ -40,6 +37,7 @@ from streambill.broker.embedded import EmbeddedBroker
 from streambill.broker.process import ChildProcess, DirLock, pid_alive, require_free_port
 from streambill.errors import StreambillError
 from streambill.settings import Settings
+from streambill.shutdown import StopRequest, stop_on_signals
 from streambill.streams.topics import topic_specs
 
 log = logging.getLogger(__name__)
@@ -100,24 +98,26 @@ def run_up(settings: Settings, workers: int = 1) -> int:
     except StreambillError as exc:
         print(f"streambill up: {exc.message}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-    restore_signals = _handle_signals(stop)
+    stop = StopRequest()
     code = 1
-    try:
-        code = _run(stack, workers, stop)
-    except StreambillError as exc:
-        print(f"streambill up: {exc.message}", file=sys.stderr, flush=True)
-    finally:
-        print("streambill up: stopping", file=sys.stderr, flush=True)
-        clean = _shutdown(stack)
-        restore_signals()
-        lock.release()
+    with stop_on_signals(stop, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
+        try:
+            code = _run(stack, workers, stop)
+        except StreambillError as exc:
+            print(f"streambill up: {exc.message}", file=sys.stderr, flush=True)
+        finally:
+            if stop.is_set():
+                log.info("received %s; stopping", stop.reason)
+            print("streambill up: stopping", file=sys.stderr, flush=True)
+            clean = _shutdown(stack)
+            lock.release()
+    stop.close()  # after the handlers are gone: its descriptors may be reused
     how = "cleanly" if clean else "(some processes had to be killed, see the log above)"
     print(f"streambill up: stopped {how}", flush=True)
     return code if clean else max(code, 1)
 
 
-def _run(stack: _Stack, workers: int, stop: threading.Event) -> int:
+def _run(stack: _Stack, workers: int, stop: StopRequest) -> int:
     settings = stack.settings
     if settings.kafka_bootstrap is None and settings.broker_storage == "durable":
         refuse_unsaved(stack.data_dir)
@@ -224,7 +224,7 @@ def _local_url(settings: Settings) -> str:
 
 
 def _wait_ready(
-    targets: dict[str, tuple[ChildProcess, str]], stop: threading.Event, deadline: float
+    targets: dict[str, tuple[ChildProcess, str]], stop: StopRequest, deadline: float
 ) -> bool:
     """Poll every ``/readyz`` until all answer 200. False when a stop was requested."""
     pending = dict(targets)
@@ -260,7 +260,7 @@ def _died(child: ChildProcess, code: int | None, when: str) -> str:
     return f"{child.name} {status}; last lines of {child.log_path}:\n{child.log_tail()}"
 
 
-def _supervise(stack: _Stack, stop: threading.Event) -> int:
+def _supervise(stack: _Stack, stop: StopRequest) -> int:
     """Watch the children until a stop is requested (0) or an essential one dies (1)."""
     essential = [*stack.workers, *([stack.api] if stack.api else [])]
     while not stop.wait(MONITOR_INTERVAL_S):
@@ -354,29 +354,6 @@ def _forget_stale_pids(run_dir: Path) -> None:
         if pid and pid_alive(pid):
             log.warning("%s of a previous run is still alive (pid %d)", pid_file.stem, pid)
         pid_file.unlink(missing_ok=True)
-
-
-def _handle_signals(stop: threading.Event) -> Callable[[], None]:
-    """SIGINT, SIGTERM and SIGHUP request an orderly stop. Returns the undo function."""
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        if not stop.is_set():
-            log.info("received %s; stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous: dict[int, object] = {}
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None  # signal handlers can only be set from the main thread
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
-            continue  # started under nohup: keep running when the terminal goes away
-        previous[signum] = signal.signal(signum, request_stop)
-
-    def restore() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
-
-    return restore
 
 
 def _print_banner(stack: _Stack, bootstrap: str, admin_key: str) -> None:

@@ -7,7 +7,6 @@ start on the same data dir every balance and ledger entry is unchanged and proce
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from streambill.broker.testing import OutputReader, stack_env
+from streambill.broker.testing import OutputReader, stack_env, stop_stack
 from streambill.stack import READY_LINE
 from streambill.streams import topics
 
@@ -48,8 +47,7 @@ class Up:
         return httpx.get(self.api + path, params=params, headers=headers, timeout=10)
 
     def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(120)
+        return stop_stack(self.proc, self.output, 120)
 
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.env['STREAMBILL_BROKER_PORT']}"

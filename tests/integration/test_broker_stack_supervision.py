@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from streambill.broker.process import pid_alive
-from streambill.broker.testing import OutputReader, pids_in, process_group_members, stack_env
+from streambill.broker.testing import (
+    OutputReader,
+    pids_in,
+    process_group_members,
+    stack_env,
+    stop_stack,
+)
 from streambill.stack import READY_LINE
 
 pytestmark = pytest.mark.integration
@@ -95,8 +101,7 @@ def test_up_starts_in_order_and_stops_everything(tmp_path: Path) -> None:
         assert api_env["STREAMBILL_KAFKA_BOOTSTRAP"] == f"127.0.0.1:{env['STREAMBILL_BROKER_PORT']}"
         assert api_env["STREAMBILL_DATA_DIR"] == str(data_dir.resolve())
     finally:
-        up.send_signal(signal.SIGTERM)
-        code = up.wait(60)
+        code = stop_stack(up, output, 60)
     assert code == 0, output.text()
     assert_all_gone(pids)
     assert list((data_dir / "run").glob("*.pid")) == []
@@ -113,8 +118,7 @@ def test_second_up_on_one_data_dir_is_refused(tmp_path: Path) -> None:
         assert second.returncode == 1
         assert "in use by pid" in second_output
     finally:
-        first.send_signal(signal.SIGINT)
-        assert first.wait(60) == 0
+        assert stop_stack(first, output, 60, signal.SIGINT) == 0
 
 
 def test_a_crashed_child_stops_the_stack(tmp_path: Path) -> None:
@@ -144,8 +148,7 @@ def test_a_child_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
         output.wait_for(READY_LINE, 60)
         pids = pids_in(data_dir / "run")
     finally:
-        up.send_signal(signal.SIGTERM)
-        code = up.wait(60)
+        code = stop_stack(up, output, 60)
     assert code == 1  # not a clean stop: the worker had to be killed
     assert "ignored SIGTERM" in output.text()
     assert_all_gone(pids)

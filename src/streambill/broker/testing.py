@@ -175,3 +175,21 @@ class OutputReader:
 def pids_in(run_dir: Path) -> dict[str, int]:
     """The pid files of a running stack, by process name."""
     return {path.stem: int(path.read_text()) for path in run_dir.glob("*.pid")}
+
+
+def stop_stack(
+    up: subprocess.Popen[str], output: OutputReader, timeout_s: float, signum: int = 15
+) -> int:
+    """Send ``signum`` (SIGTERM) to a running ``up`` and return its exit code.
+
+    When it does not exit within ``timeout_s`` it is killed and the test fails with the
+    output so far, which shows the stop step it hung in."""
+    up.send_signal(signum)
+    try:
+        return up.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        up.kill()
+        up.wait(10)
+        raise AssertionError(
+            f"up did not stop within {timeout_s} s of signal {signum}; its output:\n{output.text()}"
+        ) from None
