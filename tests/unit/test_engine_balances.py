@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from streambill.domain.ledger import CustomerState
 from streambill.engine.balances import BalanceEngine, Message, Outputs, Record, partition_for
 from streambill.streams import topics
 from streambill.streams.events import AccountEvent, decode_account
@@ -189,6 +190,38 @@ def test_crash_after_the_state_write_re_emits_the_same_entries() -> None:
     later = run(restarted, [feed.rec(topics.USAGE, usage("call-9", "1"))], NOW + 3)
     assert [e[0] for e in entries_of(later)] == [entries_of(later)[0][0]]
     assert entries_of(later)[0][1] == 6
+
+
+def test_a_state_that_landed_without_its_dedup_records_still_stops_producer_duplicates() -> None:
+    # Dedup records and states are published in one phase: a crash can keep the states and
+    # lose the dedup records. The state carries them until its batch is confirmed.
+    engine, feed = make_engine(account()), Feed()
+    recs = [feed.rec(topics.USAGE, usage(f"call-{i}", "0.7")) for i in range(3)]
+    lost = engine.process(recs, NOW)
+    assert sorted(m.key for m in lost.dedup) == sorted(
+        f"cus_1\x1fu\x1fcall-{i}".encode() for i in range(3)
+    )
+    restarted = BalanceEngine(
+        partitions=PARTITIONS,
+        accounts=engine.accounts,
+        balances=engine.balances,
+        dedup={},  # the dedup changelog never got this batch's records
+        unknown_customer_retry_s=60,
+        dedup_window_s=8 * 86400,
+    )
+    retry = feed.rec(topics.USAGE, usage("call-1", "0.7"))  # a producer retry, new offset
+    out = run(restarted, [retry], NOW + 1)
+    assert out.applied == 0 and out.duplicates == 1
+    # The records are published again with this batch and are back in the table.
+    assert sorted(m.value for m in out.dedup) == sorted(m.value for m in lost.dedup)
+    assert set(restarted.dedup) == {m.key.decode() for m in lost.dedup}
+    assert entries_of(out) == entries_of(lost)  # the outbox came back too
+    # Once confirmed, the state drops them: the next batch publishes only its own.
+    restarted.confirm(out.batch_no)
+    later = run(restarted, [feed.rec(topics.USAGE, usage("call-9", "1"))], NOW + 2)
+    assert [m.key for m in later.dedup] == [b"cus_1\x1fu\x1fcall-9"]
+    kept = CustomerState.loads(restarted.balances["cus_1"]).dedup  # until its next load
+    assert [key for key, *_ in kept] == ["cus_1\x1fu\x1fcall-9"]
 
 
 def test_outbox_is_re_emitted_for_customers_not_touched_again() -> None:

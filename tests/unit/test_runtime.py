@@ -36,7 +36,7 @@ class FakePublisher:
         await asyncio.sleep(0.01)  # a broker round trip: the next batch is computed meanwhile
         if self.calls in self.fail:
             raise PublishError("broker gone")
-        self.ledger += [orjson.loads(m.value or b"") for m in phases[2] if m.topic == LEDGER]
+        self.ledger += [orjson.loads(m.value or b"") for m in phases[-1] if m.topic == LEDGER]
 
 
 def runtime(publisher: FakePublisher) -> BalancesRuntime:

@@ -53,15 +53,16 @@ class BalancesRuntime:
         self._in_flight: asyncio.Future[None] | None = None
 
     async def emit(self, out: Outputs) -> None:
-        # Dedup records, then states (with their outboxes), then what the outboxes hold.
+        # States (each carrying its outbox and its dedup records) with the dedup records,
+        # then what the outboxes hold. See docs/architecture.md, "Exactly-once effects".
         clock = [time.perf_counter()]
 
         def acknowledged(index: int) -> None:
             now = time.perf_counter()
-            PUBLISH_SECONDS.labels(("dedup", "state", "emit")[index]).observe(now - clock[0])
+            PUBLISH_SECONDS.labels(("state", "emit")[index]).observe(now - clock[0])
             clock[0] = now
 
-        await self.publisher.publish_phases([out.dedup, out.state, out.emit], acknowledged)
+        await self.publisher.publish_phases([[*out.dedup, *out.state], out.emit], acknowledged)
         self.engine.confirm(out.batch_no)
         count_outputs(out)
 
