@@ -7,7 +7,6 @@ from typing import Any
 import orjson
 import pytest
 
-from streambill.domain.ledger import CustomerState
 from streambill.engine.balances import BalanceEngine, Message, Outputs, Record, partition_for
 from streambill.streams import topics
 from streambill.streams.events import AccountEvent, decode_account
@@ -194,12 +193,14 @@ def test_crash_after_the_state_write_re_emits_the_same_entries() -> None:
 
 def test_a_state_that_landed_without_its_dedup_records_still_stops_producer_duplicates() -> None:
     # Dedup records and states are published in one phase: a crash can keep the states and
-    # lose the dedup records. The state carries them until its batch is confirmed.
+    # lose the dedup records. The state's outbox names the events; the records are rebuilt.
     engine, feed = make_engine(account()), Feed()
     recs = [feed.rec(topics.USAGE, usage(f"call-{i}", "0.7")) for i in range(3)]
+    recs.append(feed.rec(topics.PAYMENTS, payment("pi_1", "1.00")))
     lost = engine.process(recs, NOW)
-    assert sorted(m.key for m in lost.dedup) == sorted(
-        f"cus_1\x1fu\x1fcall-{i}".encode() for i in range(3)
+    keys = sorted(m.key for m in lost.dedup)
+    assert keys == sorted(
+        [f"cus_1\x1fu\x1fcall-{i}".encode() for i in range(3)] + [b"cus_1\x1fp\x1fpi_1"]
     )
     restarted = BalanceEngine(
         partitions=PARTITIONS,
@@ -209,19 +210,26 @@ def test_a_state_that_landed_without_its_dedup_records_still_stops_producer_dupl
         unknown_customer_retry_s=60,
         dedup_window_s=8 * 86400,
     )
-    retry = feed.rec(topics.USAGE, usage("call-1", "0.7"))  # a producer retry, new offset
-    out = run(restarted, [retry], NOW + 1)
-    assert out.applied == 0 and out.duplicates == 1
-    # The records are published again with this batch and are back in the table.
-    assert sorted(m.value for m in out.dedup) == sorted(m.value for m in lost.dedup)
-    assert set(restarted.dedup) == {m.key.decode() for m in lost.dedup}
+    retries = [  # producer retries: same event ids, new offsets
+        feed.rec(topics.USAGE, usage("call-1", "0.7")),
+        feed.rec(topics.PAYMENTS, payment("pi_1", "1.00")),
+    ]
+    out = run(restarted, retries, NOW + 1)
+    assert out.applied == 0 and out.duplicates == 2
+    # The records are published again with this batch and are back in the table, with the
+    # same seq and an offset at or after the one each event was applied from.
+    assert sorted(m.key for m in out.dedup) == keys
+    truth = {m.key: orjson.loads(m.value or b"") for m in lost.dedup}
+    consumed = {b"u": recs[2].offset, b"p": recs[3].offset}  # what the state had consumed
+    for m in out.dedup:
+        seq, _at, offset = orjson.loads(m.value or b"")
+        assert seq == truth[m.key][0]
+        assert truth[m.key][2] <= offset <= consumed[m.key.split(b"\x1f")[1]]
+    assert set(restarted.dedup) == {k.decode() for k in keys}
     assert entries_of(out) == entries_of(lost)  # the outbox came back too
-    # Once confirmed, the state drops them: the next batch publishes only its own.
-    restarted.confirm(out.batch_no)
+    # Once confirmed, nothing is rebuilt again: the next batch publishes only its own.
     later = run(restarted, [feed.rec(topics.USAGE, usage("call-9", "1"))], NOW + 2)
     assert [m.key for m in later.dedup] == [b"cus_1\x1fu\x1fcall-9"]
-    kept = CustomerState.loads(restarted.balances["cus_1"]).dedup  # until its next load
-    assert [key for key, *_ in kept] == ["cus_1\x1fu\x1fcall-9"]
 
 
 def test_outbox_is_re_emitted_for_customers_not_touched_again() -> None:

@@ -147,10 +147,6 @@ class CustomerState:
     # Messages this state's last batch emitted ([topic, value]), kept until that batch is
     # confirmed published: a worker that finds them unconfirmed (it restarted) re-emits them.
     outbox: list[list[str]] = field(default_factory=list)
-    # The dedup records of the events that batch applied ([key, seq, epoch_s, offset]),
-    # kept on the same terms: they are published beside the state, not before it, so a
-    # state can land without them, and then the next worker restores them from here.
-    dedup: list[list[Any]] = field(default_factory=list)
     tag: str = ""
 
     # -- persistence ------------------------------------------------------------------------
@@ -168,7 +164,6 @@ class CustomerState:
                         "o": self.offsets,
                         "p": self.parked,
                         "x": self.outbox,
-                        "d": self.dedup,
                         "t": self.tag,
                     }
                 )
@@ -188,7 +183,6 @@ class CustomerState:
             offsets=d["o"],
             parked=[tuple(p) for p in d.get("p", ())],
             outbox=d.get("x", []),
-            dedup=d.get("d", []),
             tag=d.get("t", ""),
         )
 

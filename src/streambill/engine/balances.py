@@ -5,16 +5,16 @@ and updates two key-value stores (the agent passes its Faust tables' storage) an
 everything to emit. The agent publishes it in two phases, the first acknowledged before the
 second, and only then acknowledges the source offsets:
 
-1. the changed customers' state values (balance, seq, consumed source offsets, an outbox
-   with the messages this batch emits for the customer, and the dedup records of the
-   events it applied), with the same dedup records for the dedup table (event id -> the
-   source offset it was applied from);
+1. the changed customers' state values (balance, seq, consumed source offsets, and an
+   outbox with the messages this batch emits for the customer), with the dedup records of
+   the events applied (event id -> the source offset it was applied from);
 2. those messages (ledger entries, alerts, dead letters) and re-routed records.
 
 A state that did not land replays its batch from the old state; nothing of it was emitted,
 and dedup records that did land name offsets the state never consumed, so they are not
-trusted. A state that landed without its dedup records carries them: they go back into the
-dedup table when the state is next loaded, before any of its customer's events is checked.
+trusted. A state that landed without its dedup records holds their events in its outbox's
+ledger entries: the records are rebuilt from those when the state is next loaded, before
+any of its customer's events is checked (:meth:`_Batch._restore_dedup`).
 A crash after (1) leaves states whose outbox this process never confirmed: the next worker
 emits them again (same ids, same ``seq``) and skips the source records by offset. Either
 way each event is applied once, and the ledger may carry an identical entry twice, which
@@ -148,27 +148,24 @@ class _Batch:
     def state(self, customer_id: str, partition: int, *, change: bool = True) -> CustomerState:
         """The customer's state, loaded once per batch; ``change`` marks it to be written.
 
-        An outbox and dedup records left by a batch this process confirmed are dropped; ones
-        it cannot vouch for (the worker restarted after the state was written) are published
-        again (the dedup records also go back into the table before any of the customer's
-        events is checked against it) and kept until this batch is confirmed.
+        An outbox left by a batch this process confirmed is dropped; one it cannot vouch for
+        (the worker restarted after the state was written) is emitted again and kept until
+        this batch is confirmed, and the dedup records of its ledger entries' events are
+        written again, before any of the customer's events is checked against them.
         """
         held = self.states.get(customer_id)
         if held is None:
             state = CustomerState.loads(self.engine.balances.get(customer_id))
             held = (partition, state)
             self.states[customer_id] = held
-            if state.outbox or state.dedup:
+            if state.outbox:
                 if self.engine.confirmed(state.tag):
                     state.outbox = []
-                    state.dedup = []
                 else:
                     key = customer_id.encode()
                     for topic, text in state.outbox:
                         self.out.emit.append(Message(topic, partition, key, text.encode()))
-                    for dedup_key, seq, at_s, offset in state.dedup:
-                        raw = b"[%d,%d,%d]" % (seq, at_s, offset)
-                        self.dedup[dedup_key] = (partition, raw)
+                    self._restore_dedup(customer_id, partition, state)
                     change = True
         if change:
             self.dirty.add(customer_id)
@@ -183,16 +180,30 @@ class _Batch:
         record = orjson.loads(raw)
         return int(record[2]) if len(record) > 2 else None
 
-    def remember(
-        self, state: CustomerState, dedup_key: str, partition: int, seq: int, offset: int
-    ) -> None:
-        """The dedup record of an applied event: into the table and the changelog, and into
-        the customer's state until the batch is confirmed (see :meth:`state`)."""
+    def _restore_dedup(self, customer_id: str, partition: int, state: CustomerState) -> None:
+        """Dedup records for the events behind an unconfirmed outbox's ledger entries.
+
+        They were published beside the state, not before it, so the state may have landed
+        without them. Each ledger entry names its event and ``seq``; the source offset it
+        was applied from is not kept, and the state's consumed offset of that topic stands
+        in for it: it is at or after the true one, so the record is trusted exactly when
+        the true one would be (:func:`~streambill.domain.ledger.is_duplicate`: a message
+        not yet consumed, once the state has consumed the named position)."""
         at_s = int(self.now_s)
+        for topic, text in state.outbox:
+            if topic != topics.LEDGER:
+                continue
+            entry = orjson.loads(text)
+            source = entry["source_topic"]
+            short = "u" if source == topics.USAGE else "p"
+            dedup_key = f"{customer_id}\x1f{short}\x1f{entry['source_event_id']}"
+            offset = state.offsets.get(source, -1)
+            self.dedup[dedup_key] = (partition, b"[%d,%d,%d]" % (entry["seq"], at_s, offset))
+
+    def remember(self, dedup_key: str, partition: int, seq: int, offset: int) -> None:
         # Byte-identical to ``orjson.dumps([seq, ts, offset])``; orjson's output keeps a
         # ~4 KB allocation per object, which a value held in the table for days cannot afford.
-        self.dedup[dedup_key] = (partition, b"[%d,%d,%d]" % (seq, at_s, offset))
-        state.dedup.append([dedup_key, seq, at_s, offset])
+        self.dedup[dedup_key] = (partition, b"[%d,%d,%d]" % (seq, int(self.now_s), offset))
 
     def emit(self, message: Message, state: CustomerState | None) -> None:
         """Queue ``message``; with ``state``, also into its outbox (published atomically
@@ -287,8 +298,7 @@ class BalanceEngine:
         """After recovery: emit again what states written before a restart still hold."""
         batch = _Batch(self, now_s)
         for customer_id, raw in list(self.balances.items()):
-            unconfirmed = raw and (b'"x":[[' in raw or b'"d":[[' in raw)
-            if unconfirmed and self.partition_of(customer_id) in owned:
+            if raw and b'"x":[[' in raw and self.partition_of(customer_id) in owned:
                 batch.state(customer_id, self.partition_of(customer_id), change=False)
         return batch.finish()
 
@@ -408,7 +418,7 @@ class BalanceEngine:
         except StreambillError as exc:
             batch.dead_letter(rec, exc.code, exc.message, state)
             return
-        batch.remember(state, dedup_key, rec.partition, state.seq, rec.offset)
+        batch.remember(dedup_key, rec.partition, state.seq, rec.offset)
         key = account.account_id.encode()
         batch.emit(Message(topics.LEDGER, rec.partition, key, orjson.dumps(applied.entry)), state)
         if applied.alert is not None:
