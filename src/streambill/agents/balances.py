@@ -53,8 +53,8 @@ class BalancesRuntime:
         self._in_flight: asyncio.Future[None] | None = None
 
     async def emit(self, out: Outputs) -> None:
-        # States (each carrying its outbox and its dedup records) with the dedup records,
-        # then what the outboxes hold. See docs/architecture.md, "Exactly-once effects".
+        # States (with their outboxes) and the dedup records in one phase, then what the
+        # outboxes hold. See docs/architecture.md, "Exactly-once effects".
         clock = [time.perf_counter()]
 
         def acknowledged(index: int) -> None:
