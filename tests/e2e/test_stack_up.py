@@ -6,7 +6,6 @@ Needs the real ``streambill worker`` and ``streambill api`` (each answering /rea
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,13 @@ import httpx
 import pytest
 
 from streambill.broker.process import pid_alive
-from streambill.broker.testing import OutputReader, pids_in, process_group_members, stack_env
+from streambill.broker.testing import (
+    OutputReader,
+    pids_in,
+    process_group_members,
+    stack_env,
+    stop_stack,
+)
 from streambill.stack import READY_LINE
 
 pytestmark = pytest.mark.e2e
@@ -39,13 +44,8 @@ def run_up_until_ready(data_dir: Path, env: dict[str, str]) -> tuple[int, dict[s
         api = f"http://127.0.0.1:{env['STREAMBILL_API_PORT']}"
         assert httpx.get(f"{api}/readyz", timeout=5, trust_env=False).status_code == 200
     finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(120)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait(10)
-    return up.returncode, pids, output.text()
+        code = stop_stack(up, output, 120)
+    return code, pids, output.text()
 
 
 def test_up_starts_the_stack_and_sigterm_stops_every_child(tmp_path: Path) -> None:

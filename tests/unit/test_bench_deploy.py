@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +66,6 @@ def test_a_compose_client_accepts_the_file(tmp_path: Path) -> None:
     ``docker-compose`` 1.29, which needs no Docker engine for ``config``). That client
     predates the Compose Specification's top-level ``name``, which the v2 client reads, so
     it checks a copy without that one line."""
-    import shutil
-    import subprocess
-
     client = shutil.which("docker-compose")
     if client is None:
         pytest.skip("no docker-compose client on this machine")

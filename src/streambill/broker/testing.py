@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -178,7 +179,10 @@ def pids_in(run_dir: Path) -> dict[str, int]:
 
 
 def stop_stack(
-    up: subprocess.Popen[str], output: OutputReader, timeout_s: float, signum: int = 15
+    up: subprocess.Popen[str],
+    output: OutputReader,
+    timeout_s: float,
+    signum: int = signal.SIGTERM,
 ) -> int:
     """Send ``signum`` (SIGTERM) to a running ``up`` and return its exit code.
 
