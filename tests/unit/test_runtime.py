@@ -39,7 +39,7 @@ class FakePublisher:
         self.ledger += [orjson.loads(m.value or b"") for m in phases[-1] if m.topic == LEDGER]
 
 
-def runtime(publisher: FakePublisher) -> BalancesRuntime:
+def runtime(publisher: FakePublisher, depth: int = 2) -> BalancesRuntime:
     account = decode_account(
         orjson.dumps(
             {
@@ -73,7 +73,7 @@ def runtime(publisher: FakePublisher) -> BalancesRuntime:
         return None
 
     positions = SourcePositions([USAGE], resolve, probe, seek)
-    return BalancesRuntime(engine, publisher, positions)  # type: ignore[arg-type]
+    return BalancesRuntime(engine, publisher, positions, depth=depth)  # type: ignore[arg-type]
 
 
 def usage(offsets: range) -> list[Record]:
@@ -97,37 +97,64 @@ def usage(offsets: range) -> list[Record]:
     ]
 
 
-def test_pipelined_batches_publish_in_order_and_commit_what_was_published() -> None:
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_pipelined_batches_publish_in_order_and_commit_what_was_published(depth: int) -> None:
     pub = FakePublisher(fail=set())
-    rt = runtime(pub)
+    rt = runtime(pub, depth)
 
     async def run() -> None:
         await rt.process_pipelined(usage(range(0, 3)))
         assert rt.positions.committable(TP(USAGE, PARTITION)) is None  # still in flight
-        await rt.process_pipelined(usage(range(3, 5)))
+        for start in range(3, 9, 2):
+            await rt.process_pipelined(usage(range(start, start + 2)))
+            assert len(rt._in_flight) <= depth
         async with rt.lock:
             await rt.drain()
 
     asyncio.run(run())
-    assert [e["seq"] for e in pub.ledger] == [1, 2, 3, 4, 5]
-    assert [e["balance_micros"] for e in pub.ledger][-1] == -500_000
-    assert rt.positions.committable(TP(USAGE, PARTITION)) == 5
+    assert [e["seq"] for e in pub.ledger] == list(range(1, 10))
+    assert [e["balance_micros"] for e in pub.ledger][-1] == -900_000
+    assert rt.positions.committable(TP(USAGE, PARTITION)) == 9
 
 
-def test_after_a_failed_publish_nothing_later_is_published_or_committed() -> None:
+async def _raises_on_every_later_step(rt: BalancesRuntime) -> None:
+    for _ in range(2):  # it stays failed: every later step raises again
+        with pytest.raises(PublishError):
+            rt.check()
+        with pytest.raises(PublishError):
+            async with rt.lock:
+                await rt.drain()
+        with pytest.raises(PublishError):
+            await rt.process_pipelined(usage(range(20, 21)))
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_after_a_failed_publish_nothing_later_is_published_or_committed(depth: int) -> None:
     pub = FakePublisher(fail={1})
-    rt = runtime(pub)
+    rt = runtime(pub, depth)
 
     async def run() -> None:
         await rt.process_pipelined(usage(range(0, 3)))  # its publish fails in flight
+        await asyncio.sleep(0.05)
         with pytest.raises(PublishError):
             await rt.process_pipelined(usage(range(3, 5)))
-        for _ in range(2):  # it stays failed: every later step raises again
-            with pytest.raises(PublishError):
-                rt.check()
-            with pytest.raises(PublishError):
-                async with rt.lock:
-                    await rt.drain()
+        await _raises_on_every_later_step(rt)
+
+    asyncio.run(run())
+    assert pub.calls == 1 and pub.ledger == []
+    assert rt.positions.committable(TP(USAGE, PARTITION)) is None
+
+
+def test_a_batch_queued_behind_a_failing_publish_is_never_sent() -> None:
+    pub = FakePublisher(fail={1})
+    rt = runtime(pub, depth=2)
+
+    async def run() -> None:
+        await rt.process_pipelined(usage(range(0, 3)))  # its publish fails in flight
+        await rt.process_pipelined(usage(range(3, 5)))  # queued behind it, not yet failed
+        assert len(rt._in_flight) == 2
+        await asyncio.sleep(0.05)
+        await _raises_on_every_later_step(rt)
 
     asyncio.run(run())
     assert pub.calls == 1 and pub.ledger == []

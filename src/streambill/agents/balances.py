@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import faust
@@ -39,7 +40,12 @@ class BalancesRuntime:
     """Serializes the agent's batches and the timers' sweeps over one engine."""
 
     def __init__(
-        self, engine: BalanceEngine, publisher: Publisher, positions: SourcePositions
+        self,
+        engine: BalanceEngine,
+        publisher: Publisher,
+        positions: SourcePositions,
+        *,
+        depth: int = 1,
     ) -> None:
         self.engine = engine
         self.publisher = publisher
@@ -49,8 +55,10 @@ class BalancesRuntime:
         # True while the stores are ahead of what was published (between compute and the
         # end of publish): no snapshot may be taken then.
         self.dirty = False
-        # The publish of the previous batch, still in flight (see :meth:`process_pipelined`).
-        self._in_flight: asyncio.Future[None] | None = None
+        # Publishes still in flight, oldest first; each waits for the one before it (see
+        # :meth:`process_pipelined`). At most ``depth`` at a time.
+        self.depth = depth
+        self._in_flight: deque[asyncio.Future[None]] = deque()
 
     async def emit(self, out: Outputs) -> None:
         # States (with their outboxes) and the dedup records in one phase, then what the
@@ -67,21 +75,29 @@ class BalancesRuntime:
         count_outputs(out)
 
     async def drain(self) -> None:
-        """Wait for the batch in flight. Call under the lock.
+        """Wait for every batch in flight. Call under the lock.
 
         A failed publish stays in place and raises again here and in every later batch:
         the next batch's states no longer carry the failed batch's outboxes (it was
         vouched for), so nothing may be published after it; the worker must stop.
         """
-        if self._in_flight is not None:
-            await self._in_flight
-            self._in_flight = None
+        while self._in_flight:
+            await self._retire(self._in_flight[0])
         self.dirty = False
+
+    async def _retire(self, publish: asyncio.Future[None]) -> None:
+        """Wait for ``publish`` (the oldest in flight) and drop it; its error is raised and
+        it stays. Call under the lock."""
+        await publish
+        if self._in_flight and self._in_flight[0] is publish:
+            self._in_flight.popleft()
 
     def check(self) -> None:
         """Raise the error of a publish that failed while nobody was waiting for it."""
-        if self._in_flight is not None and self._in_flight.done():
-            self._in_flight.result()
+        for publish in self._in_flight:
+            if not publish.done():
+                return
+            publish.result()
 
     async def process(self, records: list[Record], only: set[TP] | None = None) -> None:
         """Apply a batch and return once it is published."""
@@ -92,14 +108,17 @@ class BalancesRuntime:
     async def process_pipelined(self, records: list[Record], only: set[TP] | None = None) -> None:
         """Apply a batch; return while its publish is still in flight.
 
-        One batch is computed while the previous one is being published (the publish waits
-        out broker round trips; the compute is CPU), and publishes stay strictly in order:
-        this batch's is started only after the previous one's finished. A publish error
-        surfaces here on the next batch (or in :meth:`drain`) and stops the worker, so no
-        later batch is ever published after a failed one. ``only``: the partitions still
-        owned once the lock is held (records of partitions revoked meanwhile are dropped).
+        Batches are computed while earlier ones are being published (a publish waits out
+        broker round trips; the compute is CPU). Publishes stay strictly in order: each
+        starts only once the one before it finished, and fails without publishing anything
+        if that one failed. Up to ``depth`` publishes are in flight, so the loop computes
+        the next batch instead of waiting for the last round trip of the one before. A
+        publish error surfaces here on a later batch (or in :meth:`drain`) and stops the
+        worker. ``only``: the partitions still owned once the lock is held (records of
+        partitions revoked meanwhile are dropped).
         """
         async with self.lock:
+            self.check()
             started = time.perf_counter()
             if only is not None:
                 records = [r for r in records if (r.topic, r.partition) in only]
@@ -110,14 +129,27 @@ class BalancesRuntime:
             computing = time.perf_counter()
             out = self.engine.process(records, time.time())
             COMPUTE_SECONDS.observe(time.perf_counter() - computing)
-            if self._in_flight is not None:
-                await self._in_flight
-            # Everything up to this batch is published in order or the worker stops: its
-            # states need not carry the outboxes of the batch before (see BalanceEngine).
+            while len(self._in_flight) >= self.depth:
+                await self._retire(self._in_flight[0])
+            previous = self._in_flight[-1] if self._in_flight else None
+            # Every batch before this one is published in order or the worker stops: its
+            # states need not carry the outboxes of the batches before (see BalanceEngine).
             self.engine.vouch(out.batch_no)
-            self._in_flight = asyncio.ensure_future(self._publish(out, records, started))
+            publish = asyncio.ensure_future(self._publish(previous, out, records, started))
+            # A failure is raised by _retire and check; the publishes queued behind a failed
+            # one fail with the same error and are never awaited: mark theirs as seen.
+            publish.add_done_callback(_seen)
+            self._in_flight.append(publish)
 
-    async def _publish(self, out: Outputs, records: list[Record], started: float) -> None:
+    async def _publish(
+        self,
+        previous: asyncio.Future[None] | None,
+        out: Outputs,
+        records: list[Record],
+        started: float,
+    ) -> None:
+        if previous is not None:
+            await asyncio.shield(previous)  # its failure is this batch's: nothing is sent
         await self.emit(out)
         self.positions.mark_published(records)
         self.batches += 1
@@ -167,6 +199,11 @@ class BalancesRuntime:
         for cid in [c for c, p in engine.parked_customers.items() if p in revoked]:
             del engine.parked_customers[cid]
             engine.parked_since.pop(cid, None)
+
+
+def _seen(publish: asyncio.Future[None]) -> None:
+    if not publish.cancelled():
+        publish.exception()
 
 
 def register(app: faust.App, settings: Settings, runtime: BalancesRuntime) -> Any:

@@ -73,7 +73,9 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
         topic: p for p in (balance_positions, account_positions) for topic in p.topics
     }
     app.streambill_offsets = offsets  # type: ignore[attr-defined]
-    runtime = BalancesRuntime(engine, publisher, balance_positions)
+    runtime = BalancesRuntime(
+        engine, publisher, balance_positions, depth=settings.worker_publish_depth
+    )
     # Set when the follower applied accounts: usage parked for one of them is applied now,
     # not at the next periodic sweep (up to a second later).
     accounts_arrived = asyncio.Event()
