@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streambill.engine.balances import BalanceEngine, Message, Outputs, Record, partition_for
 from streambill.streams import topics
 from streambill.streams.events import AccountEvent, decode_account
 
 PARTITIONS = 4
+_OFFSETS = [
+    timezone(timedelta(hours=h, minutes=m)) for h, m in ((1, 0), (-3, 0), (5, 30), (-9, -30))
+]
 NOW = 1_764_064_800.0
 
 
@@ -378,6 +384,12 @@ _USAGE_VARIANTS: list[dict[str, Any]] = [
     {"occurred_at": "20261125T100000Z"},
     {"occurred_at": 1764064800},
     {"occurred_at": None},
+    {"occurred_at": "2026-11-25T10:00:00.123456+05:30"},
+    {"occurred_at": "2026-11-25T10:00:00.000000+00:00"},
+    {"occurred_at": "2026-11-25T10:00:00.120+00:00"},
+    {"occurred_at": "2026-11-25T10:00:00-00:00"},
+    {"occurred_at": "2026-11-25T10:00:00-03:00"},
+    {"occurred_at": "2026-11-25 10:00:00+00:00"},
 ]
 
 
@@ -392,6 +404,7 @@ def _outcome(fn: Any, obj: dict[str, Any]) -> tuple[str, Any]:
     fields = {"event_id", "customer_id", "meter", "kind", "currency"}
     values = {k: getattr(ev, k) for k in fields if hasattr(ev, k)}
     values["occurred_at"] = ev.occurred_at.isoformat()
+    values["occurred_text"] = ev.occurred_text  # what the ledger entry carries
     for name in ("quantity", "amount"):
         if hasattr(ev, name):
             values[name] = str(getattr(ev, name))
@@ -481,3 +494,22 @@ def test_stored_values_keep_their_format() -> None:
     assert raw == orjson.dumps([1, int(NOW), 0])
     state = orjson.loads(engine.balances["cus_1"])
     assert state["s"] == 1 and state["b"] == -225_000
+
+
+@given(
+    moment=st.datetimes(min_value=datetime(1, 1, 1), timezones=st.sampled_from([UTC, *_OFFSETS])),
+    form=st.sampled_from(["iso", "Z", "ms", "space"]),
+)
+def test_iso_text_equals_isoformat(moment: datetime, form: str) -> None:
+    from streambill.streams.events import iso_aware, iso_text
+
+    text = moment.isoformat()
+    if form == "Z" and moment.utcoffset() == timedelta(0):
+        text = text[:-6] + "Z"
+    elif form == "ms":
+        text = moment.isoformat(timespec="milliseconds")
+    elif form == "space":
+        text = moment.isoformat(sep=" ")
+    parsed = iso_aware(text)
+    if parsed is not None:  # forms the fast decoder leaves to the model are not its concern
+        assert iso_text(text, parsed) == parsed.isoformat()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import orjson
 
@@ -115,13 +115,18 @@ def crossing_alert(before: Level, after: Level) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where an event came from: its topic, partition and offset."""
+class Source(Protocol):
+    """Where an event came from: its topic, partition and offset. The engine passes the
+    consumed record itself (no object per event just to name its position)."""
 
-    topic: str
-    partition: int
-    offset: int
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -215,7 +220,7 @@ class CustomerState:
             event_id=event.event_id,
             kind="usage",
             amount_micros=-charge,
-            occurred_at=event.occurred_at.isoformat(),
+            occurred_at=event.occurred_text,
             meter=event.meter,
             quantity=str(event.quantity),
         )
@@ -240,7 +245,7 @@ class CustomerState:
             event_id=event.event_id,
             kind=event.kind,
             amount_micros=event.signed_micros(),
-            occurred_at=event.occurred_at.isoformat(),
+            occurred_at=event.occurred_text,
             meter=None,
             quantity=None,
         )

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 from aiokafka.partitioner import murmur2
 
-from streambill.domain.ledger import CustomerState, Source, is_duplicate
+from streambill.domain.ledger import CustomerState, is_duplicate
 from streambill.errors import StreambillError
 from streambill.streams import topics
 from streambill.streams.events import (
@@ -377,15 +377,14 @@ class BalanceEngine:
             batch.emit(Message(rec.topic, partition, customer_id.encode(), rec.value), None)
             batch.out.rerouted += 1
             return
-        source = Source(rec.topic, rec.partition, rec.offset)
         state = batch.state(customer_id, partition)
-        if state.already_applied(source):
+        if state.already_applied(rec):
             batch.out.redelivered += 1
             return
-        state.mark_consumed(source)
+        state.mark_consumed(rec)
         account = self.accounts.get(customer_id)
         if account is None:
-            self._park(batch, state, rec, source)
+            self._park(batch, state, rec)
             return
         if state.parked:
             self._drain(batch, state, account)
@@ -399,7 +398,6 @@ class BalanceEngine:
         event: Event,
         rec: Record,
     ) -> None:
-        source = Source(rec.topic, rec.partition, rec.offset)
         short = "u" if rec.topic == topics.USAGE else "p"
         dedup_key = f"{account.account_id}\x1f{short}\x1f{event.event_id}"
         consumed = state.offsets.get(rec.topic, -1)
@@ -412,9 +410,9 @@ class BalanceEngine:
                     f"account {account.account_id} is closed", code="account_closed"
                 )
             if rec.topic == topics.USAGE:
-                applied = state.apply_usage(account, event, source, batch.applied_at)  # type: ignore[arg-type]
+                applied = state.apply_usage(account, event, rec, batch.applied_at)  # type: ignore[arg-type]
             else:
-                applied = state.apply_payment(account, event, source, batch.applied_at)  # type: ignore[arg-type]
+                applied = state.apply_payment(account, event, rec, batch.applied_at)  # type: ignore[arg-type]
         except StreambillError as exc:
             batch.dead_letter(rec, exc.code, exc.message, state)
             return
@@ -427,9 +425,9 @@ class BalanceEngine:
         batch.out.applied += 1
 
     # -- parked usage ---------------------------------------------------------------------
-    def _park(self, batch: _Batch, state: CustomerState, rec: Record, source: Source) -> None:
+    def _park(self, batch: _Batch, state: CustomerState, rec: Record) -> None:
         text = (rec.value or b"").decode("utf-8", errors="replace")
-        if state.park(source, batch.now_s, text):
+        if state.park(rec, batch.now_s, text):
             batch.out.parked += 1
         else:
             batch.dead_letter(

@@ -118,6 +118,10 @@ class UsageEvent(_Event):
     occurred_at: AwareDatetime
     attributes: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def occurred_text(self) -> str:
+        return self.occurred_at.isoformat()
+
     @field_validator("quantity")
     @classmethod
     def _quantity(cls, v: Decimal) -> Decimal:
@@ -146,6 +150,10 @@ class PaymentEvent(_Event):
     occurred_at: AwareDatetime
     provider: str | None = Field(default=None, max_length=64)
     provider_ref: str | None = Field(default=None, max_length=256)
+
+    @property
+    def occurred_text(self) -> str:
+        return self.occurred_at.isoformat()
 
     @model_validator(mode="after")
     def _sign(self) -> PaymentEvent:
@@ -284,6 +292,7 @@ class FastUsage(NamedTuple):
     meter: str
     quantity: Decimal
     occurred_at: datetime
+    occurred_text: str  # occurred_at.isoformat()
 
 
 class FastPayment(NamedTuple):
@@ -295,6 +304,7 @@ class FastPayment(NamedTuple):
     amount: Decimal
     currency: str
     occurred_at: datetime
+    occurred_text: str  # occurred_at.isoformat()
 
     def signed_micros(self) -> int:
         micros = to_micros(self.amount)
@@ -314,6 +324,32 @@ def iso_aware(value: object) -> datetime | None:
     except ValueError:
         return None
     return dt if dt.tzinfo is not None else None
+
+
+def iso_text(text: str, value: datetime) -> str:
+    """``value.isoformat()`` for a ``text`` that :func:`iso_aware` read as ``value``: the text
+    itself when it is in that form already (formatting an aware datetime costs ~1.5 us, a
+    noticeable share of an event's compute).
+
+    >>> t = "2026-11-25T10:00:00.123456+01:00"
+    >>> iso_text(t, datetime.fromisoformat(t)) is t
+    True
+    >>> for t in ("2026-11-25T10:00:00Z", "2026-11-25T10:00:00.5+00:00",
+    ...           "2026-11-25T10:00:00.000000+00:00", "2026-11-25T10:00:00-00:00"):
+    ...     print(iso_text(t, datetime.fromisoformat(t)))
+    2026-11-25T10:00:00+00:00
+    2026-11-25T10:00:00.500000+00:00
+    2026-11-25T10:00:00+00:00
+    2026-11-25T10:00:00+00:00
+    """
+    n = len(text)
+    if (
+        (n == 25 or (n == 32 and text[19:26] != ".000000"))
+        and (text[-6] == "+" or (text[-6] == "-" and text[-5:] != "00:00"))
+        and text[10] == "T"
+    ):
+        return text
+    return value.isoformat()
 
 
 def _decimal_or_none(value: object, field: str) -> Decimal | None:
@@ -336,9 +372,11 @@ def fast_usage(obj: dict[str, Any]) -> FastUsage | UsageEvent:
         and (attributes is _NO_ATTRIBUTES or type(attributes) is dict)
     ):
         quantity = _decimal_or_none(obj.get("quantity"), "quantity")
-        occurred_at = iso_aware(obj.get("occurred_at"))
+        occurred = obj.get("occurred_at")
+        occurred_at = iso_aware(occurred)
         if quantity is not None and occurred_at is not None and 0 <= quantity <= MAX_QUANTITY:
-            return FastUsage(event_id, customer_id, meter, quantity, occurred_at)  # type: ignore[arg-type]
+            text = iso_text(occurred, occurred_at)  # type: ignore[arg-type]
+            return FastUsage(event_id, customer_id, meter, quantity, occurred_at, text)  # type: ignore[arg-type]
     return usage_from_obj(obj)
 
 
@@ -361,13 +399,15 @@ def fast_payment(obj: dict[str, Any]) -> FastPayment | PaymentEvent:
         and (provider_ref is None or (type(provider_ref) is str and len(provider_ref) <= 256))
     ):
         amount = _decimal_or_none(obj.get("amount"), "amount")
-        occurred_at = iso_aware(obj.get("occurred_at"))
+        occurred = obj.get("occurred_at")
+        occurred_at = iso_aware(occurred)
         if (
             amount is not None
             and occurred_at is not None
             and (amount != 0 if kind == "adjustment" else amount > 0)
         ):
-            return FastPayment(event_id, customer_id, kind, amount, currency, occurred_at)  # type: ignore[arg-type]
+            text = iso_text(occurred, occurred_at)  # type: ignore[arg-type]
+            return FastPayment(event_id, customer_id, kind, amount, currency, occurred_at, text)  # type: ignore[arg-type]
     return payment_from_obj(obj)
 
 
