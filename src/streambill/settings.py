@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # Python's cyclic GC runs a young-generation pass every this many allocations in the
     # worker and the api (CPython's default is 700); 0 keeps the interpreter's default.
     gc_gen0_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
+    # The worker caps glibc's malloc arenas at this many (0 keeps glibc's eight per core):
+    # each thread's own arena keeps its freed buffers (streambill/malloc.py).
+    malloc_arena_max: int = Field(default=2, ge=0, le=64)
     # Worker tuning. The batch bounds how many events one table update covers.
     # 5,000 measured best in the full bench (docs/performance.md step 12): 2,000 paid three
     # broker round trips per 2,000 events; 10,000 pushed the RSS over 500 MB.

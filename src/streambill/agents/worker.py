@@ -30,6 +30,7 @@ from streambill.agents.publisher import CHANGELOGS, SEAL_KEY, Publisher
 from streambill.agents.source import SourceReader
 from streambill.engine.balances import BalanceEngine, Message
 from streambill.gctune import apply_gc_threshold
+from streambill.malloc import limit_arenas
 from streambill.settings import Settings
 from streambill.streams import topics
 
@@ -359,6 +360,7 @@ def seal_changelogs(publisher: Publisher, partitions: int) -> None:
 
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; the exit code is non-zero after an agent crash."""
+    limit_arenas(settings.malloc_arena_max)  # before any thread is started
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     apply_gc_threshold(settings.gc_gen0_threshold)
     # Seal and check snapshots before the tables are built: a store loads its snapshot when

@@ -1,0 +1,38 @@
+"""glibc's malloc arenas in the worker.
+
+glibc gives a thread that finds the main heap locked an arena of its own, up to eight per
+core, and memory freed into an arena stays with it. The worker's threads (librdkafka's
+broker threads, the reader and flush threads, Faust's consumer thread) each allocate and
+free message buffers, so every one of them ends up holding its own high-water mark of
+freed memory. Two arenas measured ~50 MB less worker RSS in ``streambill bench`` at the same
+throughput (docs/performance.md, step 16).
+
+``mallopt(M_ARENA_MAX)`` only caps arenas created after the call: call :func:`limit_arenas`
+before the process starts its threads. Elsewhere than glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+M_ARENA_MAX: Final = -8  # glibc's malloc.h
+
+
+def limit_arenas(count: int) -> bool:
+    """Cap glibc's malloc arenas at ``count`` (0: keep glibc's default). True if applied."""
+    if count <= 0:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to cap
+        log.debug("mallopt not available; malloc arenas left as they are")
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    applied = bool(mallopt(M_ARENA_MAX, count))
+    log.debug("malloc arenas capped at %d: %s", count, applied)
+    return applied
