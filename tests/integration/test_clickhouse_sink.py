@@ -257,3 +257,40 @@ async def test_a_failed_flush_is_retried_and_nothing_is_committed_meanwhile(
         await sink.stop()
         await ch.close()
     assert await committed(bootstrap) == 4 + 61
+
+
+async def test_a_sink_that_is_behind_flushes_bigger_batches(bootstrap: str, tmp_path: Path) -> None:
+    settings = load_settings(
+        kafka_bootstrap=bootstrap,
+        data_dir=tmp_path,
+        sink_flush_rows=10,
+        sink_catchup_flush_rows=100,
+        sink_flush_interval_s=2.0,
+        kafka_session_timeout_ms=6000,
+    )
+    backlog = ledger_chain("cus_a", 299)  # 300 entries, read 20 at a time
+    produce_json(bootstrap, topics.LEDGER, backlog, "customer_id")
+    ch = await AsyncClickHouse.open(settings.clickhouse_dsn)
+    await ch.run(migrate)
+    inserted: list[int] = []
+    insert = ch.insert
+
+    async def recording_insert(table: str, rows: Any, columns: Any) -> None:
+        if table == "ledger":
+            inserted.append(len(rows))
+        await insert(table, rows, columns)
+
+    ch.insert = recording_insert  # type: ignore[method-assign]
+    sink = ClickHouseSink(settings, ch, max_poll_records=20)
+    await sink.start()
+    try:
+        await eventually(lambda: sum(inserted) == 300)
+        # Behind, it flushed at the catch-up size (at 10 rows it would have taken 30 inserts).
+        assert len(inserted) <= 4 and max(inserted) >= 100, inserted
+        # Caught up, a small batch goes out at the interval as before.
+        produce_json(bootstrap, topics.LEDGER, [ledger("cus_a", 301, -1000, 700_000)], "seq")
+        await eventually(lambda: sum(inserted) == 301)
+        assert inserted[-1] == 1 and not sink.behind
+    finally:
+        await sink.stop()
+        await ch.close()

@@ -2,7 +2,8 @@
 
 It runs in the api process (the one process that may open chDB). One loop consumes the four
 topics with aiokafka, maps each message to a row (:mod:`rows`), buffers (:class:`Batch`), and
-flushes when the batch holds ``sink_flush_rows`` rows or its first message is
+flushes when the batch holds ``sink_flush_rows`` rows (``sink_catchup_flush_rows`` while
+it is behind: its last fetch came back full) or its first message is
 ``sink_flush_interval_s`` old: insert each table, then commit the offsets. Delivery into
 ClickHouse is at-least-once; the tables collapse replays by id.
 
@@ -86,9 +87,14 @@ class ClickHouseSink:
         self._ch = clickhouse
         self.view = view if view is not None else LedgerView()
         self._flush_rows = settings.sink_flush_rows
+        self._catchup_rows = max(settings.sink_catchup_flush_rows, self._flush_rows)
         self._interval_s = settings.sink_flush_interval_s
-        self._max_buffer_rows = max_buffer_rows or max(10 * self._flush_rows, 10_000)
+        self._max_buffer_rows = max_buffer_rows or max(
+            10 * self._flush_rows, 2 * self._catchup_rows, 10_000
+        )
         self._max_poll_records = max_poll_records
+        # The last fetch came back full: more is waiting, flush at the catch-up size.
+        self.behind = False
         self._batch = Batch()
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -154,7 +160,8 @@ class ClickHouseSink:
         try:
             while not self._stopping.is_set():
                 await self._poll(consumer)
-                due = self._batch.due(self._flush_rows, self._interval_s)
+                rows = self._catchup_rows if self.behind else self._flush_rows
+                due = self._batch.due(rows, self._interval_s)
                 if due and time.monotonic() >= self._retry_at:
                     await self._flush_with_backoff()
                 self._report_lag(consumer)
@@ -170,10 +177,13 @@ class ClickHouseSink:
         records = await consumer.getmany(
             timeout_ms=max(timeout_ms, 1), max_records=self._max_poll_records
         )
+        polled = 0
         for tp, messages in records.items():
             spec = TABLE_SPECS[tp.topic]
+            polled += len(messages)
             for message in messages:
                 self._add(spec, tp.partition, message.offset, message.value)
+        self.behind = polled >= self._max_poll_records
         metrics.BUFFERED_ROWS.set(self._batch.row_count)
 
     def _add(self, spec: TableSpec, partition: int, offset: int, value: bytes | None) -> None:
