@@ -78,10 +78,6 @@ class Settings(BaseSettings):
     # The ClickHouse sink's fetch wait; unset: the broker's wait, at least 200 ms (below).
     sink_fetch_max_wait_ms: int | None = Field(default=None, ge=1, le=5000)
     sink_flush_rows: int = Field(default=1000, ge=1)
-    # While this many messages wait past what the sink read, it flushes at this many rows:
-    # chDB costs less per row in bigger parts (docs/performance.md, step 13), and a sink
-    # that is behind gains nothing from small flushes. The interval still applies.
-    sink_catchup_flush_rows: int = Field(default=10_000, ge=1)
     sink_flush_interval_s: float = Field(default=1.0, gt=0)
 
     @field_validator("kafka_bootstrap", "clickhouse_url", "database_url", "admin_api_key")

@@ -2,8 +2,7 @@
 
 It runs in the api process (the one process that may open chDB). One loop consumes the four
 topics with aiokafka, maps each message to a row (:mod:`rows`), buffers (:class:`Batch`), and
-flushes when the batch holds ``sink_flush_rows`` rows (``sink_catchup_flush_rows`` while
-it is behind: that many messages wait past what it read) or its first message is
+flushes when the batch holds ``sink_flush_rows`` rows or its first message is
 ``sink_flush_interval_s`` old: insert each table, then commit the offsets. Delivery into
 ClickHouse is at-least-once; the tables collapse replays by id.
 
@@ -87,14 +86,9 @@ class ClickHouseSink:
         self._ch = clickhouse
         self.view = view if view is not None else LedgerView()
         self._flush_rows = settings.sink_flush_rows
-        self._catchup_rows = max(settings.sink_catchup_flush_rows, self._flush_rows)
         self._interval_s = settings.sink_flush_interval_s
-        self._max_buffer_rows = max_buffer_rows or max(
-            10 * self._flush_rows, 2 * self._catchup_rows, 10_000
-        )
+        self._max_buffer_rows = max_buffer_rows or max(10 * self._flush_rows, 10_000)
         self._max_poll_records = max_poll_records
-        # A catch-up batch or more is waiting past what was read: flush at the catch-up size.
-        self.behind = False
         self._batch = Batch()
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -160,8 +154,7 @@ class ClickHouseSink:
         try:
             while not self._stopping.is_set():
                 await self._poll(consumer)
-                rows = self._catchup_rows if self.behind else self._flush_rows
-                due = self._batch.due(rows, self._interval_s)
+                due = self._batch.due(self._flush_rows, self._interval_s)
                 if due and time.monotonic() >= self._retry_at:
                     await self._flush_with_backoff()
                 self._report_lag(consumer)
@@ -177,13 +170,10 @@ class ClickHouseSink:
         records = await consumer.getmany(
             timeout_ms=max(timeout_ms, 1), max_records=self._max_poll_records
         )
-        polled = 0
         for tp, messages in records.items():
             spec = TABLE_SPECS[tp.topic]
-            polled += len(messages)
             for message in messages:
                 self._add(spec, tp.partition, message.offset, message.value)
-        self.behind = polled > 0 and self._waiting(consumer) >= self._catchup_rows
         metrics.BUFFERED_ROWS.set(self._batch.row_count)
 
     def _add(self, spec: TableSpec, partition: int, offset: int, value: bytes | None) -> None:
@@ -296,17 +286,6 @@ class ClickHouseSink:
             logger.warning("flush on rebalance failed; buffer discarded", exc_info=True)
             self._batch = Batch()
             self.view.drop_pending()
-
-    def _waiting(self, consumer: AIOKafkaConsumer) -> int:
-        """Messages known to wait past what this sink has read (the fetch high watermarks)."""
-        waiting = 0
-        positions = self._positions
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            position = positions.get((tp.topic, tp.partition))
-            if highwater is not None and position is not None and highwater > position:
-                waiting += highwater - position
-        return waiting
 
     def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Lag per topic: the fetch high watermark minus the next offset this sink will read."""
