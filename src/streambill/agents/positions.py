@@ -25,7 +25,9 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import NamedTuple, Protocol, TypeVar
+from typing import NamedTuple, TypeVar
+
+from streambill.domain.ledger import Source
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +40,7 @@ class TP(NamedTuple):
     partition: int
 
 
-class Positioned(Protocol):
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-
-
-R = TypeVar("R", bound=Positioned)
+R = TypeVar("R", bound=Source)
 Resolve = Callable[[TP], Awaitable[int]]
 """The offset to start a partition at: the group's committed offset, else the log start."""
 Probe = Callable[[TP, int], Awaitable[int | None]]
@@ -174,7 +167,7 @@ class SourcePositions:
             await self._seek(tp, expected)
             return True
 
-    def mark_published(self, records: Iterable[Positioned]) -> None:
+    def mark_published(self, records: Iterable[Source]) -> None:
         """Everything in ``records`` (admitted by :meth:`admit`) is applied and published."""
         for rec in records:
             tp = TP(rec.topic, rec.partition)
