@@ -307,6 +307,24 @@ def test_two_workers_each_know_every_account_and_apply_their_partitions(stack: S
     assert letters == []
 
 
+def test_a_surviving_worker_takes_over_a_killed_workers_partitions(stack: Stack) -> None:
+    # Failover, not restart: the killed worker never comes back, so the survivor recovers
+    # the killed one's balances and dedup tables from their changelogs (which must end
+    # exactly where its last publish ended) and carries on from its published positions.
+    stack.start_worker()
+    stack.start_worker()
+    msgs, model, unique = workload(seed=5, customers=400, events=20_000)
+    feeder, done = produce_spread(stack.bootstrap, msgs, every=2000, pause_s=0.3)
+    time.sleep(2.0)
+    stack.workers[1][0].kill()
+    feeder.join(timeout=180)
+    assert done.is_set()
+    check_ledger(stack, model, unique)
+    port = stack.workers[0][1]
+    ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
+    assert ready["partitions"] == list(range(PARTITIONS)), ready
+
+
 def test_faust_stream_path_with_a_kill_reaches_the_same_state(stack: Stack) -> None:
     # STREAMBILL_WORKER_DIRECT_SOURCE=0: records come through Faust's stream, and the
     # source positions alone keep them in order across a SIGKILL and the restart.
