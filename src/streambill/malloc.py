@@ -4,8 +4,8 @@ glibc gives a thread that finds the main heap locked an arena of its own, up to 
 core, and memory freed into an arena stays with it. The worker's threads (librdkafka's
 broker threads, the reader and flush threads, Faust's consumer thread) each allocate and
 free message buffers, so every one of them ends up holding its own high-water mark of
-freed memory. Two arenas measured ~50 MB less worker RSS in ``streambill bench`` at the same
-throughput (docs/performance.md, step 16).
+freed memory. Two arenas measured 12-59 MB less worker RSS in ``streambill bench`` (three
+pairs) at the same throughput (docs/performance.md, step 16).
 
 ``mallopt(M_ARENA_MAX)`` only caps arenas created after the call: call :func:`limit_arenas`
 before the process starts its threads. Elsewhere than glibc it does nothing.

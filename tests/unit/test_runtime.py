@@ -39,7 +39,7 @@ class FakePublisher:
         self.ledger += [orjson.loads(m.value or b"") for m in phases[-1] if m.topic == LEDGER]
 
 
-def runtime(publisher: FakePublisher, depth: int = 2) -> BalancesRuntime:
+def runtime(publisher: FakePublisher, depth: int = 1) -> BalancesRuntime:
     account = decode_account(
         orjson.dumps(
             {

@@ -342,11 +342,9 @@ def iso_text(text: str, value: datetime) -> str:
     2026-11-25T10:00:00+00:00
     2026-11-25T10:00:00+00:00
     """
-    n = len(text)
-    if (
-        (n == 25 or (n == 32 and text[19:26] != ".000000"))
-        and (text[-6] == "+" or (text[-6] == "-" and text[-5:] != "00:00"))
-        and text[10] == "T"
+    n = len(text)  # the regex fixed the form: only the fraction and the zone vary
+    if (n == 25 or (n == 32 and text[19:26] != ".000000")) and (
+        text[-6] == "+" or (text[-6] == "-" and text[-5:] != "00:00")
     ):
         return text
     return value.isoformat()
