@@ -7,6 +7,7 @@ from faust.transport.drivers.aiokafka import Consumer
 from faust.types import TP
 
 from streambill.agents.consumer import StreambillConsumer
+from streambill.streams import topics
 
 ACCOUNTS = TP("billing.accounts.v1", 0)
 USAGE = TP("billing.usage.v1", 0)
@@ -37,3 +38,56 @@ def test_an_unknown_active_set_is_neither_checked_nor_computed(
 
     assert checked == []
     assert consumer._active_partitions is None
+
+
+class _Sealer:
+    def __init__(self, log: list[object]) -> None:
+        self.log = log
+
+    async def seal(self, partitions: list[tuple[str, int]]) -> None:
+        self.log.append(("seal", sorted(partitions)))
+
+
+class _App:
+    def __init__(self, sealer: _Sealer | None) -> None:
+        self.streambill_sealer = sealer
+
+
+async def test_changelogs_are_sealed_before_their_end_offsets_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log: list[object] = []
+
+    async def highwaters(self: Consumer, *tps: TP) -> dict[TP, int]:
+        log.append(("read", sorted(tps)))
+        return dict.fromkeys(tps, 7)
+
+    monkeypatch.setattr(Consumer, "highwaters", highwaters)
+    consumer = object.__new__(StreambillConsumer)
+    consumer.app = _App(_Sealer(log))  # type: ignore[assignment]
+    balances = TP(topics.BALANCES_CHANGELOG, 3)
+    dedup = TP(topics.DEDUP_CHANGELOG, 1)
+
+    ends = await consumer.highwaters(balances, USAGE, dedup)
+
+    assert ends == {balances: 7, USAGE: 7, dedup: 7}
+    assert log == [
+        ("seal", [(topics.BALANCES_CHANGELOG, 3), (topics.DEDUP_CHANGELOG, 1)]),
+        ("read", sorted([balances, USAGE, dedup])),
+    ]
+
+
+async def test_end_offsets_of_source_topics_need_no_seal(monkeypatch: pytest.MonkeyPatch) -> None:
+    log: list[object] = []
+
+    async def highwaters(self: Consumer, *tps: TP) -> dict[TP, int]:
+        log.append(("read", sorted(tps)))
+        return dict.fromkeys(tps, 0)
+
+    monkeypatch.setattr(Consumer, "highwaters", highwaters)
+    consumer = object.__new__(StreambillConsumer)
+    consumer.app = _App(_Sealer(log))  # type: ignore[assignment]
+
+    await consumer.highwaters(USAGE, ACCOUNTS)
+
+    assert log == [("read", [ACCOUNTS, USAGE])]

@@ -12,13 +12,14 @@ published. Topics without positions keep Faust's behaviour.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from faust.transport.drivers.aiokafka import Consumer
 from faust.types import TP as FaustTP
 
 from streambill.agents.positions import TP, SourcePositions
+from streambill.agents.publisher import CHANGELOGS, Publisher
 
 
 class _NoReadOffsets(dict[Any, Any]):
@@ -115,6 +116,21 @@ class StreambillConsumer(Consumer):
                 row["highwater"] = state.highwater
             rows.append(row)
         return rows
+
+    async def highwaters(self, *partitions: FaustTP) -> Mapping[FaustTP, int]:
+        """End offsets, exact for changelogs: they are sealed first.
+
+        Faust's table recovery reads each changelog partition up to the end offset asked
+        here; the embedded broker may report the base offset of the last record batch + 1
+        (see :func:`~streambill.agents.publisher.seals`), and a recovery stopping there
+        leaves the tail of the batch out of the table (a failover then re-applied an event
+        with other contents). The changelogs are sealed here rather than after every publish.
+        """
+        sealer: Publisher | None = getattr(self.app, "streambill_sealer", None)
+        changelogs = [(tp.topic, tp.partition) for tp in partitions if tp.topic in CHANGELOGS]
+        if sealer is not None and changelogs:
+            await sealer.seal(changelogs)
+        return await super().highwaters(*partitions)
 
     def _positions_for(self, topic: str) -> SourcePositions | None:
         registry: dict[str, SourcePositions] = getattr(self.app, "streambill_positions", {})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import Message as KafkaMessage
@@ -24,6 +24,27 @@ CHANGELOGS = frozenset(
 )
 # Never a valid account or customer id (ids are printable), so it never shadows a key.
 SEAL_KEY = b"\x00seal"
+
+
+def seals(partitions: Iterable[tuple[str, int]]) -> list[Message]:
+    """One tombstone for :data:`SEAL_KEY` per (topic, partition), in a stable order.
+
+    The embedded broker (Tansu 0.6) reports a partition's end offset as the base offset of
+    its last record batch plus one, so a reader that stops at the end offset (Faust's table
+    recovery, a snapshot's bound) would miss the tail of a multi-record batch; after a
+    restart on durable storage it even answers 1 until something is written. A lone record
+    written after the batch makes the end offset exact. Replayed into a table it deletes a
+    key no event ever has.
+
+    Sealing is done where an end offset is read, not after every publish: an extra round
+    trip per batch to the broker cost more than half the emit phase's latency (step 16 of
+    docs/performance.md).
+
+    >>> [(m.topic, m.partition, m.key, m.value) for m in seals([("t", 1), ("t", 0), ("t", 1)])]
+    [('t', 0, b'\\x00seal', None), ('t', 1, b'\\x00seal', None)]
+    """
+    return [Message(topic, part, SEAL_KEY, None) for topic, part in sorted(set(partitions))]
+
 
 # A dead letter carries the original payload as text; past this it is cut (the original stays
 # addressable at its topic, partition and offset).
@@ -95,53 +116,30 @@ class Publisher:
             raise PublishError(f"{len(errors)} messages failed, first: {errors[0]}")
 
     async def publish(self, messages: Sequence[Message]) -> None:
-        """Send ``messages`` and return once every one is acknowledged by the broker.
-
-        Changelog partitions written to are then sealed: the embedded broker (Tansu 0.6)
-        reports a partition's end offset as the base offset of its last record batch plus
-        one, so Faust's table recovery, which reads up to that end offset, would miss the
-        tail of a multi-record batch. A lone tombstone for :data:`SEAL_KEY` after the batch
-        makes the reported end offset exact; applied during recovery it deletes nothing.
-        """
+        """Send ``messages`` and return once every one is acknowledged by the broker."""
         if not messages:
             return
-        seals = {(m.topic, m.partition) for m in messages if m.topic in CHANGELOGS}
         self._enqueue(messages)
         await self._flush_async()
-        if seals:
-            self._enqueue([Message(t, p, SEAL_KEY, None) for t, p in sorted(seals)])
-            await self._flush_async()
 
     async def publish_phases(
         self, phases: Sequence[Sequence[Message]], on_phase: Callable[[int], None] | None = None
     ) -> None:
-        """Publish ``phases`` in order, each acknowledged before the next starts, sealing
-        changelog partitions like :meth:`publish` does, with one round trip per phase (plus
-        one when the last phase wrote changelogs): a phase's seals ride with the next phase's
-        messages, which never touch the sealed partitions (then they go on their own).
+        """Publish ``phases`` in order, each acknowledged before the next starts.
         ``on_phase(i)`` is called once phase ``i`` is acknowledged."""
-        seals: list[Message] = []
         for index, messages in enumerate(phases):
-            touched = {(m.topic, m.partition) for m in messages}
-            if seals and any((m.topic, m.partition) in touched for m in seals):
-                self._enqueue(seals)
+            if messages:
+                self._enqueue(messages)
                 await self._flush_async()
-                seals = []
-            batch = [*seals, *messages]
-            if batch:
-                self._enqueue(batch)
-                await self._flush_async()
-            seals = [Message(t, p, SEAL_KEY, None) for t, p in sorted(touched) if t in CHANGELOGS]
             if on_phase is not None:
                 on_phase(index)
-        if seals:
-            self._enqueue(seals)
-            await self._flush_async()
 
-    async def publish_raw(self, messages: Sequence[Message]) -> None:
-        """Send ``messages`` as they are (no seals added) and wait for every ack."""
-        self._enqueue(messages)
-        await self._flush_async()
+    async def seal(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Make the broker's end offset of each (changelog) partition exact; see :func:`seals`.
+
+        Call it right before reading an end offset that must bound what a partition holds,
+        after the writes it must cover were acknowledged."""
+        await self.publish(seals(partitions))
 
     async def _flush_async(self) -> None:
         try:

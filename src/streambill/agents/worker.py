@@ -26,9 +26,9 @@ from streambill.agents.consumer import StreambillConsumer
 from streambill.agents.follower import ChangelogFollower
 from streambill.agents.metrics import ACCOUNTS_KNOWN
 from streambill.agents.positions import TP, BrokerOffsets, SourcePositions
-from streambill.agents.publisher import CHANGELOGS, SEAL_KEY, Publisher
+from streambill.agents.publisher import CHANGELOGS, Publisher
 from streambill.agents.source import SourceReader
-from streambill.engine.balances import BalanceEngine, Message
+from streambill.engine.balances import BalanceEngine
 from streambill.gctune import apply_gc_threshold
 from streambill.malloc import limit_arenas
 from streambill.settings import Settings
@@ -45,6 +45,11 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     app = create_faust_app(settings)
     tables = create_tables(app, settings)
     publisher = Publisher(settings.bootstrap, idempotence=settings.kafka_idempotence)
+    # Seals the changelogs before their end offsets are read (StreambillConsumer.highwaters,
+    # the final snapshot), on its own producer: a flush waits for everything its producer
+    # holds, and the agents' batches must neither wait for a seal nor fail with one.
+    sealer = Publisher(settings.bootstrap, idempotence=settings.kafka_idempotence)
+    app.streambill_sealer = sealer  # type: ignore[attr-defined]
     engine = BalanceEngine(
         partitions=settings.topic_partitions,
         accounts=AccountCache(BytesKeyed(tables.accounts.data)),
@@ -193,7 +198,7 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     @app.timer(SNAPSHOT_INTERVAL_S)
     async def snapshot_tables() -> None:
         if ready():
-            await take_snapshots(settings, tables, runtime, owned())
+            await take_snapshots(settings, tables, runtime, owned(), sealer)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
@@ -279,25 +284,36 @@ def changelog_ends(bootstrap: str, topic: str, partitions: set[int]) -> dict[int
 
 
 async def take_snapshots(
-    settings: Settings, tables: Tables, runtime: BalancesRuntime, owned: set[int]
+    settings: Settings,
+    tables: Tables,
+    runtime: BalancesRuntime,
+    owned: set[int],
+    sealer: Publisher,
 ) -> None:
     """Snapshot the tables at a quiescent point (under the processing lock, nothing in flight).
 
-    Balances and dedup are written only by this worker for the partitions it owns, so after
-    its last publish (sealed) their end offsets bound exactly what the stores hold. The
-    global accounts table keeps the offsets its changelog replay reached; data newer than
-    those offsets is harmless, because a replay from them ends on the same values. Only the
-    copy happens under the lock; encoding and writing run in a thread afterwards.
+    Balances and dedup are written only by this worker for the partitions it owns, so once
+    its last publish is acknowledged and the partitions sealed, their end offsets bound
+    exactly what the stores hold. The global accounts table keeps the offsets its changelog
+    replay reached; data newer than those offsets is harmless, because a replay from them
+    ends on the same values. Only the copy happens under the lock; encoding and writing run
+    in a thread afterwards.
     """
     async with runtime.lock:
         await runtime.drain()
         if runtime.dirty:
             return
+        await sealer.seal(owned_changelogs(owned))
         ends = await asyncio.to_thread(snapshot_ends, settings, owned)
         frozen = freeze_snapshots(tables, ends)
     started = time.perf_counter()
     keys = await asyncio.to_thread(lambda: sum(f.write() for f in frozen))
     log.info("table snapshots written: %d keys in %.2f s", keys, time.perf_counter() - started)
+
+
+def owned_changelogs(owned: set[int]) -> list[tuple[str, int]]:
+    """The partitions of the changelogs only this worker writes (its snapshots' bounds)."""
+    return [(t, p) for t in (topics.BALANCES_CHANGELOG, topics.DEDUP_CHANGELOG) for p in owned]
 
 
 def snapshot_ends(settings: Settings, owned: set[int]) -> dict[str, dict[int, int]]:
@@ -320,7 +336,11 @@ def freeze_snapshots(tables: Tables, ends: dict[str, dict[int, int]]) -> list[sn
     return frozen
 
 
-def write_snapshots(settings: Settings, tables: Tables, owned: set[int]) -> None:
+def write_snapshots(
+    settings: Settings, tables: Tables, owned: set[int], publisher: Publisher
+) -> None:
+    """Seal, then snapshot synchronously (at a clean stop, with nothing in flight)."""
+    asyncio.run(publisher.seal(owned_changelogs(owned)))
     for frozen in freeze_snapshots(tables, snapshot_ends(settings, owned)):
         frozen.write()
     log.info("table snapshots written for partitions %s", sorted(owned))
@@ -341,21 +361,15 @@ def discard_stale_snapshots(settings: Settings) -> None:
 
 
 def seal_changelogs(publisher: Publisher, partitions: int) -> None:
-    """Seal every changelog partition before table recovery starts.
+    """Seal every changelog partition before the snapshots are checked against the logs.
 
     After a restart on durable storage the embedded broker (Tansu 0.6) answers every
     partition's end offset with 1 until something is written to it (measured: 3-5 records,
-    end offset 1; after one more record, exact). Faust's recovery reads up to that end offset,
-    so without this it would recover a fraction of each table. One tombstone for the seal key
-    per partition makes every end offset exact; recovery applies it as a no-op delete.
+    end offset 1; after one more record, exact); see :func:`~.publisher.seals`.
     """
-    seals = [
-        Message(topic, partition, SEAL_KEY, None)
-        for topic in sorted(CHANGELOGS)
-        for partition in range(partitions)
-    ]
-    asyncio.run(publisher.publish_raw(seals))
-    log.info("sealed %d changelog partitions", len(seals))
+    tps = [(topic, partition) for topic in CHANGELOGS for partition in range(partitions)]
+    asyncio.run(publisher.seal(tps))
+    log.info("sealed %d changelog partitions", len(tps))
 
 
 def run_worker(settings: Settings) -> int:
@@ -381,6 +395,7 @@ def run_worker(settings: Settings) -> int:
         if code == 0 and not runtime.dirty:
             _final_snapshot(settings, app)
         runtime.publisher.close()
+        app.streambill_sealer.close()  # type: ignore[attr-defined]
         app.streambill_offsets.close()  # type: ignore[attr-defined]
         app.streambill_follower.close()  # type: ignore[attr-defined]
         reader = getattr(app, "streambill_reader", None)
@@ -393,6 +408,7 @@ def _final_snapshot(settings: Settings, app: faust.App) -> None:
     """At a clean stop the stores equal what was published: snapshot them for a fast start."""
     owned: set[int] = getattr(app, "streambill_last_owned", set())
     try:
-        write_snapshots(settings, app.streambill_tables, owned)  # type: ignore[attr-defined]
+        tables = app.streambill_tables  # type: ignore[attr-defined]
+        write_snapshots(settings, tables, owned, app.streambill_sealer)  # type: ignore[attr-defined]
     except Exception:  # the broker may be gone already; the periodic snapshot stands
         log.warning("final table snapshot skipped", exc_info=True)
