@@ -23,8 +23,9 @@ def read_partition(bootstrap: str, partition: int, count: int) -> list[tuple[int
     try:
         for _ in range(60):
             for message in consumer.consume(1000, 0.5):
-                if message.error() is None:
-                    records.append((message.offset(), message.key()))
+                offset = message.offset()
+                if message.error() is None and offset is not None:
+                    records.append((offset, message.key()))
             if len(records) >= count:
                 break
     finally:
