@@ -6,7 +6,11 @@ Phases, all against the broker at ``settings.bootstrap`` with the worker(s) alre
    worker has applied every top-up (which proves it knows every account);
 2. throughput -- produce N usage events as fast as the producer takes them; the clock runs
    from the first produce to the N-th distinct ledger entry of this run consumed;
-3. baseline -- raw aiokafka reads the same N usage messages and decodes each (median of 3);
+3. baseline -- once the api's ClickHouse sink has caught up with the ledger and the usage
+   (at most :data:`QUIET_TIMEOUT_S`), raw aiokafka reads the same N usage messages and
+   decodes each (median of 3). Measured while the sink still digested the throughput
+   phase, the baseline came out lower and the ratio flattered the pipeline (see
+   docs/performance.md, step 13);
 4. latency -- offer ``rate`` events/s for ~10 s; produced -> ledger entry consumed, p50/p99.
 
 Progress goes to stderr; the last line on stdout is the result object.
@@ -27,12 +31,18 @@ from confluent_kafka import KafkaError, KafkaException, Message
 
 from streambill.loadgen import benchdata as data
 from streambill.loadgen.baseline import baseline_seconds
-from streambill.loadgen.kafka import LedgerHit, LedgerWatcher, Sender, usage_offsets
+from streambill.loadgen.kafka import (
+    LedgerHit,
+    LedgerWatcher,
+    Sender,
+    group_lag,
+    usage_offsets,
+)
 from streambill.loadgen.stats import BenchFigures, bench_result
 from streambill.loadgen.traffic import Pacer
 from streambill.loadgen.workers import worker_memory
 from streambill.settings import Settings
-from streambill.streams.topics import ACCOUNTS, LEDGER, PAYMENTS, USAGE
+from streambill.streams.topics import ACCOUNTS, LEDGER, PAYMENTS, SINK_GROUP, USAGE
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,7 @@ STALL_TIMEOUT_S: Final = 30.0  # no new ledger entry of this run for this long: 
 LATENCY_PHASE_S: Final = 10.0
 BASELINE_RUNS: Final = 3
 POLL_EVERY: Final = 5_000
+QUIET_TIMEOUT_S: Final = 60.0
 
 
 class BenchError(Exception):
@@ -177,6 +188,22 @@ def _latency(
     return latencies_ms
 
 
+def _quiesce(settings: Settings, timeout_s: float = QUIET_TIMEOUT_S) -> None:
+    """Wait until the sink has committed everything on the ledger and usage topics."""
+    started = time.monotonic()
+    lag = group_lag(settings, SINK_GROUP, (LEDGER, USAGE))
+    while lag and time.monotonic() - started < timeout_s:
+        time.sleep(0.5)
+        lag = group_lag(settings, SINK_GROUP, (LEDGER, USAGE))
+    waited = time.monotonic() - started
+    if lag is None:
+        _progress("baseline: no sink has committed offsets; not waiting for it")
+    elif lag:
+        _progress(f"baseline: the sink is still {lag:,} messages behind after {waited:.0f} s")
+    else:
+        _progress(f"baseline: the sink caught up in {waited:.1f} s")
+
+
 def _baseline(settings: Settings, start: dict[int, int], events: int) -> list[float]:
     runs = []
     for attempt in range(BASELINE_RUNS):
@@ -198,6 +225,7 @@ def _measure(
         start = usage_offsets(settings, USAGE)
         throughput_s = _throughput(sender, watcher, run_id, events, customers)
         _progress(f"throughput: {events / throughput_s:,.0f} events/s ({throughput_s:.2f} s)")
+        _quiesce(settings)
         baseline_runs = _baseline(settings, start, events)
         _progress(f"latency: offering {rate:,.0f} events/s for {LATENCY_PHASE_S:.0f} s")
         latencies_ms = _latency(sender, watcher, run_id, rate, customers)

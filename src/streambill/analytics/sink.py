@@ -38,7 +38,7 @@ from streambill.streams import topics
 
 logger = logging.getLogger(__name__)
 
-GROUP_ID: Final = "streambill-sink"
+GROUP_ID: Final = topics.SINK_GROUP
 SINK_TOPICS: Final = (topics.LEDGER, topics.USAGE, topics.ALERTS, topics.DEADLETTER)
 # Insert order: the ledger first, so a flush that fails later leaves the rest to the retry.
 _TABLE_ORDER: Final = ("ledger", "usage", "alerts", "deadletters")

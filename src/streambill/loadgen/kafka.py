@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -168,3 +168,28 @@ def usage_offsets(settings: Settings, topic: str) -> dict[int, int]:
         return end_offsets(consumer, topic)
     finally:
         consumer.close()
+
+
+def group_lag(settings: Settings, group: str, topics: Sequence[str]) -> int | None:
+    """Messages of ``topics`` the consumer ``group`` has not committed yet, or None when the
+    group has committed nothing there (no such consumer runs).
+
+    Read without joining the group. The embedded broker may report an end offset a few
+    records short (the base offset of the last batch + 1), so a lag of 0 can hide the tail
+    of one batch per partition; that is what "caught up" can mean here.
+    """
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group})
+    try:
+        ends = {
+            (topic, partition): high
+            for topic in topics
+            for partition, high in end_offsets(consumer, topic).items()
+        }
+        committed = consumer.committed([TopicPartition(t, p) for t, p in ends], timeout=10)
+    finally:
+        consumer.close()
+    known = [tp for tp in committed if tp.offset >= 0]
+    if not known:
+        return None
+    done = {(tp.topic, tp.partition): tp.offset for tp in known}
+    return sum(max(0, high - done.get(key, 0)) for key, high in ends.items())

@@ -17,6 +17,8 @@ APP_ID: Final = "streambill"
 BALANCES_CHANGELOG: Final = f"{APP_ID}-balances-changelog"
 DEDUP_CHANGELOG: Final = f"{APP_ID}-dedup-changelog"
 ACCOUNTS_CHANGELOG: Final = f"{APP_ID}-accounts-changelog"
+# The consumer group of the api's ClickHouse sink.
+SINK_GROUP: Final = "streambill-sink"
 
 
 @dataclass(frozen=True)
