@@ -18,6 +18,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from streambill.agents.snapshots import read_offsets
 from streambill.broker.testing import OutputReader, stack_env, stop_stack
 from streambill.stack import READY_LINE
 from streambill.streams import topics
@@ -157,10 +158,16 @@ def test_contract_events_from_kafka_restart_keeps_every_balance(tmp_path: Path) 
             wait_balance(up, cid, 12 if cid == CUSTOMERS[0] else 11, 30)
         time.sleep(1.5)  # let the sink flush to ClickHouse before the stop
         before = snapshot(up)
+        stopping = time.time()
         assert up.stop() == 0
     except BaseException:
         up.proc.kill()
         raise
+    # The worker snapshotted its tables at the stop (before leaving its group), bounded by
+    # the sealed ends of the changelog partitions it owned.
+    tables = sorted((data_dir / "worker" / "tables").glob("*/balances.snapshot"))
+    assert tables and tables[0].stat().st_mtime >= stopping, "no table snapshot at the stop"
+    assert read_offsets(tables[0])
 
     restarted = time.monotonic()
     up = Up(env)

@@ -12,6 +12,7 @@ published. Topics without positions keep Faust's behaviour.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -20,6 +21,8 @@ from faust.types import TP as FaustTP
 
 from streambill.agents.positions import TP, SourcePositions
 from streambill.agents.publisher import CHANGELOGS, Publisher
+
+log = logging.getLogger(__name__)
 
 
 class _NoReadOffsets(dict[Any, Any]):
@@ -118,18 +121,25 @@ class StreambillConsumer(Consumer):
         return rows
 
     async def highwaters(self, *partitions: FaustTP) -> Mapping[FaustTP, int]:
-        """End offsets, exact for changelogs: they are sealed first.
+        """End offsets; changelog partitions are sealed first.
 
         Faust's table recovery reads each changelog partition up to the end offset asked
         here; the embedded broker may report the base offset of the last record batch + 1
         (see :func:`~streambill.agents.publisher.seals`), and a recovery stopping there
         leaves the tail of the batch out of the table (a failover then re-applied an event
         with other contents). The changelogs are sealed here rather than after every publish.
+        The end is exact for what was acknowledged before the seal: that is everything for
+        the balances and dedup changelogs, whose previous owner has stopped writing them;
+        the global accounts changelog may get more from other workers meanwhile, which the
+        :class:`~streambill.agents.follower.ChangelogFollower` reads after recovery.
         """
         sealer: Publisher | None = getattr(self.app, "streambill_sealer", None)
         changelogs = [(tp.topic, tp.partition) for tp in partitions if tp.topic in CHANGELOGS]
-        if sealer is not None and changelogs:
-            await sealer.seal(changelogs)
+        if changelogs:
+            if sealer is None:
+                log.warning("no sealer: changelog end offsets may be short on Tansu")
+            else:
+                await sealer.seal(changelogs)
         return await super().highwaters(*partitions)
 
     def _positions_for(self, topic: str) -> SourcePositions | None:

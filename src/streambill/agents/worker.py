@@ -36,6 +36,8 @@ from streambill.streams import topics
 
 log = logging.getLogger(__name__)
 SNAPSHOT_INTERVAL_S = 60.0
+# A snapshot waits this long for its seals (under the processing lock), then is skipped.
+SEAL_TIMEOUT_S = 10.0
 FOLLOW_FETCH_WAIT_MS = 100
 SWEEP_EVERY_S = 1.0
 
@@ -139,9 +141,7 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     state = {"parked_index_stale": True}
 
     def owned() -> set[int]:
-        partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.USAGE}
-        app.streambill_last_owned = partitions  # type: ignore[attr-defined]
-        return partitions
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.USAGE}
 
     def ready() -> bool:
         recovery = cast(Any, app.tables).recovery
@@ -199,6 +199,21 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     async def snapshot_tables() -> None:
         if ready():
             await take_snapshots(settings, tables, runtime, owned(), sealer)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def final_snapshot(sender: Any, **_: Any) -> None:
+        """At a clean stop, snapshot the tables for a fast start.
+
+        Faust sends this signal once it paused its consumer and before the consumer leaves
+        the group, so this worker still owns its partitions: no other worker writes to their
+        changelogs yet. Taken after leaving the group, a snapshot would be bounded by end
+        offsets that may include another worker's writes, which its stores never saw."""
+        if not ready():
+            return
+        try:
+            await take_snapshots(settings, tables, runtime, owned(), sealer)
+        except Exception:  # a failed publish, the broker gone: the periodic snapshot stands
+            log.warning("final table snapshot skipped", exc_info=True)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
@@ -303,7 +318,7 @@ async def take_snapshots(
         await runtime.drain()
         if runtime.dirty:
             return
-        await sealer.seal(owned_changelogs(owned))
+        await asyncio.wait_for(sealer.seal(owned_changelogs(owned)), SEAL_TIMEOUT_S)
         ends = await asyncio.to_thread(snapshot_ends, settings, owned)
         frozen = freeze_snapshots(tables, ends)
     started = time.perf_counter()
@@ -334,16 +349,6 @@ def freeze_snapshots(tables: Tables, ends: dict[str, dict[int, int]]) -> list[sn
         frozen.append(store.freeze({p: o for p, o in ends[topic].items() if o >= 0}))
     frozen.append(cast(snapshots.SnapshotStore, tables.accounts.data).freeze({}))
     return frozen
-
-
-def write_snapshots(
-    settings: Settings, tables: Tables, owned: set[int], publisher: Publisher
-) -> None:
-    """Seal, then snapshot synchronously (at a clean stop, with nothing in flight)."""
-    asyncio.run(publisher.seal(owned_changelogs(owned)))
-    for frozen in freeze_snapshots(tables, snapshot_ends(settings, owned)):
-        frozen.write()
-    log.info("table snapshots written for partitions %s", sorted(owned))
 
 
 def discard_stale_snapshots(settings: Settings) -> None:
@@ -392,8 +397,6 @@ def run_worker(settings: Settings) -> int:
     except SystemExit as exc:
         code = int(exc.code or 0)
     finally:
-        if code == 0 and not runtime.dirty:
-            _final_snapshot(settings, app)
         runtime.publisher.close()
         app.streambill_sealer.close()  # type: ignore[attr-defined]
         app.streambill_offsets.close()  # type: ignore[attr-defined]
@@ -402,13 +405,3 @@ def run_worker(settings: Settings) -> int:
         if reader is not None:
             reader.close()
     return code
-
-
-def _final_snapshot(settings: Settings, app: faust.App) -> None:
-    """At a clean stop the stores equal what was published: snapshot them for a fast start."""
-    owned: set[int] = getattr(app, "streambill_last_owned", set())
-    try:
-        tables = app.streambill_tables  # type: ignore[attr-defined]
-        write_snapshots(settings, tables, owned, app.streambill_sealer)  # type: ignore[attr-defined]
-    except Exception:  # the broker may be gone already; the periodic snapshot stands
-        log.warning("final table snapshot skipped", exc_info=True)
