@@ -48,8 +48,8 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     tables = create_tables(app, settings)
     publisher = Publisher(settings.bootstrap, idempotence=settings.kafka_idempotence)
     # Seals the changelogs before their end offsets are read (StreambillConsumer.highwaters,
-    # the final snapshot), on its own producer: a flush waits for everything its producer
-    # holds, and the agents' batches must neither wait for a seal nor fail with one.
+    # the snapshots), on its own producer: a flush waits for everything its producer holds,
+    # and the agents' batches must neither wait for a seal nor fail with one.
     sealer = Publisher(settings.bootstrap, idempotence=settings.kafka_idempotence)
     app.streambill_sealer = sealer  # type: ignore[attr-defined]
     engine = BalanceEngine(
@@ -280,7 +280,6 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     async def metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
-    app.streambill_tables = tables  # type: ignore[attr-defined]
     app.streambill_owned = owned  # type: ignore[attr-defined]
     return app, runtime
 
