@@ -181,8 +181,9 @@ def read_topic(
         while time.monotonic() < deadline:
             batch = consumer.consume(10_000, 0.5)
             for msg in batch:
-                if msg.error() is None and msg.value() is not None:
-                    doc = orjson.loads(msg.value())
+                value = msg.value()
+                if msg.error() is None and value is not None:
+                    doc = orjson.loads(value)
                     out.append(doc)
                     if distinct is not None:
                         seen.add(doc[distinct])

@@ -52,7 +52,7 @@ def consume_all(
             message = consumer.poll(0.5)
             if message is None or message.error():
                 continue
-            seen.append(json.loads(message.value())["n"])
+            seen.append(json.loads(message.value() or b"null")["n"])
     finally:
         consumer.close()
     return seen

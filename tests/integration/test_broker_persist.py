@@ -24,7 +24,7 @@ def read_all(
     try:
         for _ in range(20):
             batch = consumer.consume(1000, 0.3)
-            out += [(m.offset(), m.key(), m.value()) for m in batch if m.error() is None]
+            out += [(m.offset() or 0, m.key(), m.value()) for m in batch if m.error() is None]
             if not batch and out:
                 break
     finally:

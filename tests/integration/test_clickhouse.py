@@ -223,7 +223,7 @@ def test_rebuild_rollups_repairs_a_double_counted_insert(ch: Client) -> None:
     assert queries.usage_rollup(ch, "cus_1", "day", *day)[0][5] == 600
     queries.rebuild_rollups(ch)
     for granularity in ("minute", "hour", "day"):
-        rollup = queries.usage_rollup(ch, "cus_1", granularity, *day)  # type: ignore[arg-type]
+        rollup = queries.usage_rollup(ch, "cus_1", granularity, *day)
         assert sum(r[5] for r in rollup) == 300
         assert sum(r[3] for r in rollup) == 2
 

@@ -225,7 +225,7 @@ async def test_a_failed_flush_is_retried_and_nothing_is_committed_meanwhile(
     ch = await AsyncClickHouse.open(settings.clickhouse_dsn)
     await ch.run(migrate)
     await ch.command("RENAME TABLE alerts TO alerts_away")
-    alert = {
+    alert: dict[str, Any] = {
         "alert_id": "al1",
         "customer_id": "cus_a",
         "reseller_id": None,

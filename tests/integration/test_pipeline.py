@@ -81,7 +81,7 @@ def workload(
             amount = f"{rng.randint(1, 5000) / 100:.2f}"
             if kind == "adjustment" and rng.random() < 0.5:
                 amount = "-" + amount
-            doc = {
+            doc: dict[str, Any] = {
                 "event_id": f"pay-{n}",
                 "customer_id": cid,
                 "kind": kind,

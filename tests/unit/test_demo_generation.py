@@ -83,7 +83,7 @@ def test_currencies_are_mixed_and_mostly_eur() -> None:
 
 def test_usage_and_topups_decode_and_use_decimal_strings() -> None:
     raws = _stream(11, "x", 3000, customers=20)
-    topics = Counter()
+    topics: Counter[str] = Counter()
     for raw in raws:
         value = orjson.loads(raw)
         if "meter" in value:

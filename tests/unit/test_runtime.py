@@ -56,7 +56,7 @@ def runtime(publisher: FakePublisher, depth: int = 1) -> BalancesRuntime:
     )
     engine = BalanceEngine(
         partitions=PARTITIONS,
-        accounts={CID: account},  # type: ignore[arg-type]
+        accounts={CID: account},
         balances={},
         dedup={},
         unknown_customer_retry_s=60,

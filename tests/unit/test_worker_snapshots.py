@@ -46,6 +46,14 @@ class _Runtime:
         self.log.append(("drain",))
 
 
+def _runtime(log: list[Any], dirty: bool = False) -> Any:
+    return _Runtime(log, dirty)
+
+
+def _sealer(log: list[Any]) -> Any:
+    return _Sealer(log)
+
+
 def _tables(log: list[Any]) -> Any:
     names = ("balances", "dedup", "accounts")
     return SimpleNamespace(**{name: SimpleNamespace(data=_Store(name, log)) for name in names})
@@ -61,7 +69,7 @@ async def test_seal_then_read_the_ends_then_freeze(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(worker, "snapshot_ends", ends)
     settings = load_settings()
 
-    await worker.take_snapshots(settings, _tables(log), _Runtime(log), {1, 3}, _Sealer(log))
+    await worker.take_snapshots(settings, _tables(log), _runtime(log), {1, 3}, _sealer(log))
 
     assert log == [
         ("drain",),
@@ -85,10 +93,15 @@ async def test_no_snapshot_while_the_stores_are_ahead_of_the_broker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     log: list[Any] = []
-    monkeypatch.setattr(worker, "snapshot_ends", lambda *a: log.append(("ends",)) or {})
+
+    def ends(*args: Any) -> dict[str, dict[int, int]]:
+        log.append(("ends",))
+        return {}
+
+    monkeypatch.setattr(worker, "snapshot_ends", ends)
 
     await worker.take_snapshots(
-        load_settings(), _tables(log), _Runtime(log, dirty=True), {0}, _Sealer(log)
+        load_settings(), _tables(log), _runtime(log, dirty=True), {0}, _sealer(log)
     )
 
     assert log == [("drain",)]
