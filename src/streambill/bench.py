@@ -52,6 +52,7 @@ LATENCY_PHASE_S: Final = 10.0
 BASELINE_RUNS: Final = 3
 POLL_EVERY: Final = 5_000
 QUIET_TIMEOUT_S: Final = 60.0
+QUIET_STALLED_S: Final = 10.0
 
 
 class BenchError(Exception):
@@ -189,12 +190,18 @@ def _latency(
 
 
 def _quiesce(settings: Settings, timeout_s: float = QUIET_TIMEOUT_S) -> None:
-    """Wait until the sink has committed everything on the ledger and usage topics."""
-    started = time.monotonic()
+    """Wait until the sink has committed everything on the ledger and usage topics; give up
+    after ``timeout_s``, or when its commits stop moving (no api runs, only its old offsets
+    remain): a running sink commits at least every second while it has rows."""
+    started = last_move = time.monotonic()
     lag = group_lag(settings, SINK_GROUP, (LEDGER, USAGE))
     while lag and time.monotonic() - started < timeout_s:
+        if time.monotonic() - last_move > QUIET_STALLED_S:
+            break
         time.sleep(0.5)
-        lag = group_lag(settings, SINK_GROUP, (LEDGER, USAGE))
+        previous, lag = lag, group_lag(settings, SINK_GROUP, (LEDGER, USAGE))
+        if lag != previous:
+            last_move = time.monotonic()
     waited = time.monotonic() - started
     if lag is None:
         _progress("baseline: no sink has committed offsets; not waiting for it")
