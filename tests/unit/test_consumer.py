@@ -53,10 +53,10 @@ class _App:
         self.streambill_sealer = sealer
 
 
-async def test_changelogs_are_sealed_before_their_end_offsets_are_read(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    log: list[object] = []
+def _recovering_consumer(
+    monkeypatch: pytest.MonkeyPatch, log: list[object], sealer: _Sealer | None
+) -> StreambillConsumer:
+    """A consumer whose parent's ``highwaters`` logs the read and answers 7 everywhere."""
 
     async def highwaters(self: Consumer, *tps: TP) -> dict[TP, int]:
         log.append(("read", sorted(tps)))
@@ -64,7 +64,15 @@ async def test_changelogs_are_sealed_before_their_end_offsets_are_read(
 
     monkeypatch.setattr(Consumer, "highwaters", highwaters)
     consumer = object.__new__(StreambillConsumer)
-    consumer.app = _App(_Sealer(log))  # type: ignore[assignment]
+    consumer.app = _App(sealer)  # type: ignore[assignment]
+    return consumer
+
+
+async def test_changelogs_are_sealed_before_their_end_offsets_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log: list[object] = []
+    consumer = _recovering_consumer(monkeypatch, log, _Sealer(log))
     balances = TP(topics.BALANCES_CHANGELOG, 3)
     dedup = TP(topics.DEDUP_CHANGELOG, 1)
 
@@ -79,15 +87,20 @@ async def test_changelogs_are_sealed_before_their_end_offsets_are_read(
 
 async def test_end_offsets_of_source_topics_need_no_seal(monkeypatch: pytest.MonkeyPatch) -> None:
     log: list[object] = []
-
-    async def highwaters(self: Consumer, *tps: TP) -> dict[TP, int]:
-        log.append(("read", sorted(tps)))
-        return dict.fromkeys(tps, 0)
-
-    monkeypatch.setattr(Consumer, "highwaters", highwaters)
-    consumer = object.__new__(StreambillConsumer)
-    consumer.app = _App(_Sealer(log))  # type: ignore[assignment]
+    consumer = _recovering_consumer(monkeypatch, log, _Sealer(log))
 
     await consumer.highwaters(USAGE, ACCOUNTS)
 
     assert log == [("read", [ACCOUNTS, USAGE])]
+
+
+async def test_a_missing_sealer_is_reported_and_the_ends_still_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    log: list[object] = []
+    consumer = _recovering_consumer(monkeypatch, log, None)
+    balances = TP(topics.BALANCES_CHANGELOG, 0)
+
+    assert await consumer.highwaters(balances) == {balances: 7}
+    assert log == [("read", [balances])]
+    assert "no sealer" in caplog.text
