@@ -52,6 +52,30 @@ class Unauthorized(StreambillError):
     code = "unauthorized"
 
 
+class Forbidden(StreambillError):
+    """The principal sees the object but may not do this to it."""
+
+    code = "forbidden"
+
+
+class Conflict(StreambillError):
+    """The request contradicts the current state (a taken id, a closed account)."""
+
+    code = "conflict"
+
+
+class RateLimited(StreambillError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BrokerUnavailable(StreambillError):
+    code = "broker_unavailable"
+
+
 class InvariantViolation(StreambillError):
     """A broken invariant: a bug, never bad input. Always raised, never stripped by -O."""
 

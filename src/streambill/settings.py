@@ -77,10 +77,28 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int | None = Field(default=None, ge=1, le=5000)
     # The ClickHouse sink's fetch wait; unset: the broker's wait, at least 200 ms (below).
     sink_fetch_max_wait_ms: int | None = Field(default=None, ge=1, le=5000)
+    # The api. Browser origins allowed to open /v2/stream and to send cookie-authenticated
+    # writes (comma-separated); unset: the api's own URL on 127.0.0.1 and localhost.
+    allowed_origins: str | None = None
+    # Requests per second per API key or session (token bucket), and the burst above it.
+    api_rate_limit_per_s: float = Field(default=1000.0, gt=0)
+    api_rate_burst: int = Field(default=2000, ge=1)
+    # Login attempts per minute per client address and e-mail (slows password guessing).
+    login_attempts_per_min: int = Field(default=10, ge=1)
+    # Request bodies: POST /v2/usage (up to 1,000 events), everything else.
+    api_max_usage_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Publish the control plane's outbox from this api process (off: another replica or a
+    # dedicated process relays; the rows wait in the database meanwhile).
+    outbox_relay: bool = True
+    # The session cookie's Secure flag: on wherever the api is served over https.
+    session_cookie_secure: bool = False
     sink_flush_rows: int = Field(default=1000, ge=1)
     sink_flush_interval_s: float = Field(default=1.0, gt=0)
 
-    @field_validator("kafka_bootstrap", "clickhouse_url", "database_url", "admin_api_key")
+    @field_validator(
+        "kafka_bootstrap", "clickhouse_url", "database_url", "admin_api_key", "allowed_origins"
+    )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
@@ -127,6 +145,22 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """Browser origins the api trusts (WebSocket handshakes, cookie-authenticated writes)."""
+        if self.allowed_origins:
+            return frozenset(
+                o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
+            )
+        port = self.api_port
+        return frozenset(
+            {
+                f"http://127.0.0.1:{port}",
+                f"http://localhost:{port}",
+                f"http://{self.api_host}:{port}",
+            }
+        )
 
 
 def load_settings(**overrides: object) -> Settings:

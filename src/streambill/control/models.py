@@ -1,0 +1,197 @@
+"""The control plane's tables (SQLAlchemy 2.0 declarative, typed).
+
+One ``tenants`` table holds resellers and customers (``kind``): they share the account
+fields of ``billing.accounts.v1`` and a customer's ``parent_id`` points at its reseller.
+Secrets are never stored: API keys and session tokens as SHA-256 digests (they are random
+and long, so a fast digest is enough; what an attacker needs is the token, not the digest),
+passwords as argon2id hashes. The schema itself is created by the Alembic migrations in
+``control/migrations``; these classes must match them (a test compares).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every backend.
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no zone, so the value is stored as naive
+    UTC and read back as UTC (a naive datetime given to us is a bug, and refused).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the control plane")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime()}  # noqa: RUF012 (read by SQLAlchemy)
+
+
+class Tenant(Base):
+    """A reseller or a customer: what the accounts topic carries, plus branding and payouts."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    # [{"meter": ..., "unit_price": "0.15"}]: decimal strings, never floats.
+    prices: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    auto_topup: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    low_balance_threshold: Mapped[str | None] = mapped_column(String(32))
+    timezone: Mapped[str] = mapped_column(String(64), default="Europe/Berlin")
+    brand_name: Mapped[str | None] = mapped_column(String(128))
+    logo_url: Mapped[str | None] = mapped_column(String(512))
+    color_primary: Mapped[str | None] = mapped_column(String(16))
+    color_accent: Mapped[str | None] = mapped_column(String(16))
+    slug: Mapped[str | None] = mapped_column(String(63), unique=True)
+    custom_domain: Mapped[str | None] = mapped_column(String(253), unique=True)
+    payout_holder: Mapped[str | None] = mapped_column(String(140))
+    payout_iban: Mapped[str | None] = mapped_column(String(34))
+    payout_bic: Mapped[str | None] = mapped_column(String(11))
+    payout_email: Mapped[str | None] = mapped_column(String(254))
+    # Bumped by every change; the accounts topic carries it so consumers can drop stale ones.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_tenants_kind_id", "kind", "id"),)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    disabled_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    # The first characters of the key (kind prefix and a few more): enough to recognise it.
+    display_prefix: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class AuthSession(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class OutboxMessage(Base):
+    """A message to publish, written in the transaction of the change it describes.
+
+    The relay publishes in ``id`` order, so messages with one key (an account, a customer's
+    payments) reach their partition in the order they were committed.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    topic: Mapped[str] = mapped_column(String(128))
+    key: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    published_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_outbox_unpublished", "published_at", "id"),)
+
+
+class Adjustment(Base):
+    """A manual credit or debit: who, how much, why; the payment event it became."""
+
+    __tablename__ = "adjustments"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    amount: Mapped[str] = mapped_column(String(32))
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(String(500))
+    actor: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("uq_adjustments_customer_key", "customer_id", "idempotency_key", unique=True),
+    )
+
+
+class AuditRecord(Base):
+    """Who changed what, when: every control-plane write leaves one."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(128), index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Lease(Base):
+    """A named lease (the outbox relay's): one api replica relays at a time."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime]

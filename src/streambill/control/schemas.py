@@ -1,0 +1,328 @@
+"""The control plane's public shapes: ``XCreate`` / ``XUpdate`` in, ``XPublic`` out.
+
+Prices and auto top-up reuse the event models of ``billing.accounts.v1``
+(:mod:`streambill.streams.events`), so the api accepts exactly what the worker will apply.
+Amounts given by people are decimal strings; amounts emitted are integer micros.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Generic, Literal, TypeVar
+from zoneinfo import available_timezones
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+from streambill.domain.money import MAX_AMOUNT_MICROS, parse_decimal, round_micros
+from streambill.streams.events import AmountText, AutoTopup, Currency, PriceItem
+
+T = TypeVar("T")
+Status = Literal["active", "suspended", "closed"]
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
+# Ids in paths and filters: anything an account id may be (CONTRACT: 1..128 characters)
+# except control characters, which no id holds and PostgreSQL text cannot store (NUL).
+ANY_ID_PATTERN = r"^[^\x00-\x1f]+$"
+ObjectId = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
+_HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_ZONES = frozenset(available_timezones())
+
+
+def _printable(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and no name or reason needs control characters.
+    if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_printable)]
+
+
+def _colour(value: str | None) -> str | None:
+    if value is not None and not _HEX_COLOUR.match(value):
+        raise ValueError("colours are #rrggbb")
+    return value
+
+
+def _zone(value: str) -> str:
+    if value not in _ZONES:
+        raise ValueError(f"unknown time zone {value!r}")
+    return value
+
+
+Colour = Annotated[str | None, AfterValidator(_colour)]
+TimeZone = Annotated[str, AfterValidator(_zone)]
+Slug = Annotated[
+    str, Field(min_length=2, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])$")
+]
+Domain = Annotated[
+    str, Field(max_length=253, pattern=r"^([a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,63}$")
+]
+Iban = Annotated[str, Field(min_length=15, max_length=34, pattern=r"^[A-Z]{2}[0-9]{2}[A-Z0-9]+$")]
+Bic = Annotated[str, Field(pattern=r"^[A-Z]{6}[A-Z0-9]{2}(?:[A-Z0-9]{3})?$")]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Branding(_In):
+    brand_name: Text | None = Field(default=None, max_length=128)
+    logo_url: str | None = Field(default=None, max_length=512, pattern=r"^https?://")
+    color_primary: Colour = None
+    color_accent: Colour = None
+    slug: Slug | None = None
+    custom_domain: Domain | None = None
+
+
+class Payout(_In):
+    payout_holder: Text | None = Field(default=None, max_length=140)
+    payout_iban: Iban | None = None
+    payout_bic: Bic | None = None
+    payout_email: EmailStr | None = None
+
+
+class ResellerCreate(Branding, Payout):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Nordwind Telecom",
+                    "currency": "EUR",
+                    "slug": "nordwind",
+                    "color_primary": "#0b5394",
+                }
+            ]
+        },
+    )
+
+    id: ObjectId | None = Field(default=None, description="Defaults to a generated res_… id.")
+    name: Text = Field(min_length=1, max_length=256)
+    currency: Currency
+    timezone: TimeZone = "Europe/Berlin"
+
+
+class ResellerUpdate(Branding, Payout):
+    name: Text | None = Field(default=None, min_length=1, max_length=256)
+    timezone: TimeZone | None = None
+    status: Status | None = None
+
+
+class CustomerCreate(_In):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Praxis Dr. Weber",
+                    "currency": "EUR",
+                    "reseller_id": "res_1",
+                    "prices": [{"meter": "call_minutes", "unit_price": "0.15"}],
+                    "auto_topup": {"enabled": True, "threshold": "5.00", "amount": "20.00"},
+                }
+            ]
+        },
+    )
+
+    id: ObjectId | None = Field(default=None, description="Defaults to a generated cus_… id.")
+    name: Text = Field(min_length=1, max_length=256)
+    currency: Currency
+    prices: list[PriceItem] = Field(default_factory=list, max_length=256)
+    auto_topup: AutoTopup | None = None
+    low_balance_threshold: AmountText | None = None
+    reseller_id: ObjectId | None = Field(
+        default=None, description="The owning reseller (a reseller's own key: itself)."
+    )
+
+    @field_validator("prices")
+    @classmethod
+    def _unique_meters(cls, prices: list[PriceItem]) -> list[PriceItem]:
+        meters = [p.meter for p in prices]
+        if len(set(meters)) != len(meters):
+            raise ValueError("each meter may have one price")
+        return prices
+
+
+class CustomerUpdate(_In):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"auto_topup": {"enabled": True, "threshold": "10.00", "amount": "50.00"}},
+                {"status": "suspended"},
+            ]
+        },
+    )
+
+    """Only the fields given change; ``auto_topup: null`` turns auto top-up off."""
+
+    name: Text | None = Field(default=None, min_length=1, max_length=256)
+    prices: list[PriceItem] | None = Field(default=None, max_length=256)
+    auto_topup: AutoTopup | None = None
+    low_balance_threshold: AmountText | None = None
+    status: Status | None = None
+
+    _unique = field_validator("prices")(
+        lambda cls, v: v if v is None else CustomerCreate._unique_meters(v)
+    )
+
+
+class TenantPublic(BaseModel):
+    id: str
+    kind: Literal["reseller", "customer"]
+    reseller_id: str | None = Field(description="The owning reseller of a customer.")
+    name: str
+    currency: str
+    status: Status
+    prices: list[PriceItem]
+    auto_topup: AutoTopup | None
+    low_balance_threshold: str | None
+    timezone: str
+    brand_name: str | None
+    logo_url: str | None
+    color_primary: str | None
+    color_accent: str | None
+    slug: str | None
+    custom_domain: str | None
+    payout_holder: str | None
+    payout_iban: str | None
+    payout_bic: str | None
+    payout_email: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+KeyRole = Literal["admin", "reseller", "customer", "service"]
+
+
+class ApiKeyCreate(_In):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"tenant_id": "cus_1", "role": "service", "name": "ivr-gateway"}]
+        },
+    )
+
+    tenant_id: ObjectId | None = Field(default=None, description="None only for admin keys.")
+    role: KeyRole
+    name: Text = Field(default="", max_length=128)
+
+
+class ApiKeyPublic(BaseModel):
+    id: str
+    role: KeyRole
+    tenant_id: str | None
+    name: str
+    display_prefix: str
+    created_by: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    key: str = Field(description="The secret. Shown once; only its digest is stored.")
+
+
+UserRole = Literal["admin", "reseller", "customer"]
+
+
+class UserCreate(_In):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "owner@praxis-weber.de",
+                    "password": "correct horse battery staple",
+                    "role": "customer",
+                    "tenant_id": "cus_1",
+                    "name": "Dr. Weber",
+                }
+            ]
+        },
+    )
+
+    email: EmailStr
+    password: str = Field(min_length=12, max_length=256)
+    role: UserRole
+    tenant_id: ObjectId | None = None
+    name: Text = Field(default="", max_length=256)
+
+
+class UserPublic(BaseModel):
+    id: str
+    email: str
+    role: UserRole
+    tenant_id: str | None
+    name: str
+    disabled_at: datetime | None
+    created_at: datetime
+
+
+class LoginRequest(_In):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"email": "owner@praxis-weber.de", "password": "correct horse battery staple"}
+            ]
+        },
+    )
+
+    email: Text = Field(min_length=3, max_length=254)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class LoginResponse(BaseModel):
+    token: str = Field(description="The session token; also set as an HttpOnly cookie.")
+    expires_at: datetime
+    user: UserPublic
+
+
+def _signed_amount(value: object) -> Decimal:
+    amount = parse_decimal(value, field="amount")
+    micros = round_micros(amount)
+    if micros == 0:
+        raise ValueError("amount must not be 0")
+    if abs(micros) > MAX_AMOUNT_MICROS:
+        raise ValueError("amount out of range")
+    return amount
+
+
+class AdjustmentCreate(_In):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"amount": "10.00", "reason": "goodwill credit for a dropped call"}]
+        },
+    )
+
+    amount: Annotated[str, AfterValidator(lambda v: str(_signed_amount(v)))] = Field(
+        description="Signed decimal in major units: '10.00' credits, '-2.50' debits.",
+        examples=["10.00", "-2.50"],
+    )
+    reason: Text = Field(min_length=1, max_length=500)
+
+
+class AdjustmentPublic(BaseModel):
+    id: str
+    customer_id: str
+    event_id: str
+    idempotency_key: str
+    amount: str
+    amount_micros: int
+    currency: str
+    reason: str
+    actor: str
+    created_at: datetime
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as cursor to read the next page; null on the last."
+    )

@@ -1,0 +1,85 @@
+"""Secrets: API keys, session tokens and passwords. Nothing here stores a secret.
+
+API keys look like ``sb_svc_<43 url-safe characters>``: the kind prefix tells a leaked key's
+role at a glance (and lets secret scanners find it); 256 random bits make guessing pointless,
+so a SHA-256 digest is all the database keeps, and a lookup is one indexed query. Passwords
+are chosen by people, so they get argon2id (argon2-cffi's RFC 9106 low-memory profile).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from typing import Final
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from streambill.control.principal import Role
+
+KEY_PREFIX: Final[dict[str, str]] = {
+    "admin": "sb_adm_",
+    "reseller": "sb_res_",
+    "customer": "sb_cus_",
+    "service": "sb_svc_",
+}
+SESSION_PREFIX: Final = "sb_ses_"
+DISPLAY_CHARS: Final = 12
+_SECRET_BYTES: Final = 32
+_HASHER: Final = PasswordHasher()
+# Verifying against this keeps a login for an unknown e-mail as slow as a wrong password.
+_DUMMY_HASH: Final = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+def digest(token: str) -> str:
+    """The stored form of a key or session token.
+
+    >>> digest("sb_svc_abc")
+    '0303309f76f8a83b7d9b9154181f360ac19064ce7e099c090afb46e2106dca3a'
+    """
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_api_key(role: Role) -> str:
+    """A new key with its kind prefix.
+
+    >>> new_api_key("service").startswith("sb_svc_"), len(new_api_key("reseller"))
+    (True, 50)
+    """
+    return KEY_PREFIX[role] + secrets.token_urlsafe(_SECRET_BYTES)
+
+
+def new_session_token() -> str:
+    return SESSION_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+
+
+def display_prefix(token: str) -> str:
+    """What may be shown of a key after its creation.
+
+    >>> display_prefix("sb_svc_AbCdEfGhIjKlMn")
+    'sb_svc_AbCdE…'
+    """
+    return token[:DISPLAY_CHARS] + "…"
+
+
+def new_id(prefix: str) -> str:
+    """An opaque object id, e.g. ``cus_5fz2k…``: 128 random bits, lower-case base 32.
+
+    >>> len(new_id("cus")), new_id("key").startswith("key_")
+    (30, True)
+    """
+    raw = secrets.token_bytes(16)
+    return f"{prefix}_{base64.b32encode(raw).decode().rstrip('=').lower()}"
+
+
+def hash_password(password: str) -> str:
+    return _HASHER.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """Constant work whether or not the user exists; never raises on a bad hash."""
+    try:
+        return _HASHER.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
