@@ -79,7 +79,10 @@ class AccountEvent(_Event):
     """``billing.accounts.v1``, key ``account_id``, compacted; written by the control plane.
 
     ``low_balance_threshold`` (an extension of the contract) overrides the auto top-up
-    threshold as the level below which a ``low_balance`` alert fires.
+    threshold as the level below which a ``low_balance`` alert fires. ``version`` (also an
+    extension, set by the control plane) counts an account's changes: the outbox delivers at
+    least once, so after a crash a change may arrive again after newer ones, and a version
+    below the one applied is ignored. Accounts written without it are applied in order.
     """
 
     account_id: str = Field(min_length=1, max_length=128)
@@ -91,6 +94,7 @@ class AccountEvent(_Event):
     prices: list[PriceItem] = Field(default_factory=list, max_length=256)
     auto_topup: AutoTopup | None = None
     low_balance_threshold: AmountText | None = None
+    version: int | None = Field(default=None, ge=1)
     updated_at: AwareDatetime
 
     @cached_property
