@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from streambill.errors import StreambillError
+from streambill.errors import RateLimited, StreambillError
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +23,24 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "invalid_request": 422,
     "unknown_meter": 422,
     "currency_mismatch": 422,
+    "too_many_events": 413,
+    "payload_too_large": 413,
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
     "unknown_customer": 404,
+    "conflict": 409,
+    "rate_limited": 429,
     "unavailable": 503,
     "clickhouse_unavailable": 503,
+    "broker_unavailable": 503,
 }
 _HTTP_CODES: Final[dict[int, str]] = {
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     413: "payload_too_large",
     429: "rate_limited",
 }
@@ -50,12 +56,27 @@ def install(app: FastAPI) -> None:
         status = STATUS_BY_CODE.get(exc.code, 500)
         if status >= 500:
             log.warning("request failed: %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(error_body(exc.code, exc.message), status_code=status)
+        headers = None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+        if exc.code == "unauthorized":
+            headers = {"WWW-Authenticate": "Bearer"}
+        return JSONResponse(error_body(exc.code, exc.message), status_code=status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug: logged with its traceback; the client gets the usual shape, never a trace.
+        log.exception("unhandled error: %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()))
+        if first.get("type") == "json_invalid":
+            return JSONResponse(
+                error_body("invalid_json", "the body is not valid JSON"), status_code=400
+            )
         return JSONResponse(
             error_body("invalid_request", f"{where}: {first.get('msg')}"), status_code=422
         )

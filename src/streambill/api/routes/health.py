@@ -30,16 +30,27 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when migrations ran and the ClickHouse sink is consuming."""
+    """Ready when migrations ran and the sink, the live feed and the producer run (and the
+    outbox relay, where this api runs one)."""
     runtime = getattr(request.app.state, "runtime", None)
-    sink_running = bool(runtime is not None and runtime.sink.running)
-    body = {
-        "ready": sink_running,
-        "sink": "running" if sink_running else "stopped",
-        "sink_error": runtime.sink.last_error if runtime is not None else None,
-        "customers": len(runtime.sink.view) if runtime is not None else 0,
+    if runtime is None:
+        return JSONResponse({"ready": False, "starting": True}, status_code=503)
+    relay_needed = runtime.settings.outbox_relay
+    parts = {
+        "sink": runtime.sink.running,
+        "live_feed": runtime.feed.running,
+        "producer": runtime.producer.running,
+        "outbox_relay": runtime.relay.running or not relay_needed,
     }
-    return JSONResponse(body, status_code=200 if sink_running else 503)
+    ready = all(parts.values())
+    body = {
+        "ready": ready,
+        **{name: "running" if up else "stopped" for name, up in parts.items()},
+        "sink_error": runtime.sink.last_error,
+        "outbox_error": runtime.relay.last_error,
+        "customers": len(runtime.sink.view),
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")

@@ -1,0 +1,297 @@
+"""GraphQL at ``/graphql`` (strawberry): the same operations and scope rules as REST.
+
+Queries: ``tenant(id)``, ``customers(first, after, resellerId, status)``,
+``balance(customerId)``, ``transactions(customerId, limit, beforeSeq)``. Mutation:
+``processUsage(customerId, meter, quantity, eventId, occurredAt)``. Every resolver calls the
+function its REST route calls, with the request's principal, so an object outside the scope
+is a ``NOT_FOUND`` error here exactly where REST answers 404. Errors carry the stable code in
+``extensions.code``. Money: decimal strings, and micros as ``Micros`` (a 64-bit integer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, NewType, TypeVar
+
+import orjson
+import strawberry
+from fastapi import Depends, Request
+from graphql import GraphQLError
+from strawberry.fastapi import BaseContext, GraphQLRouter
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import Info
+
+from streambill.api import reads
+from streambill.api.deps import ApiRuntime, get_principal, get_runtime
+from streambill.api.routes.usage import accept_usage
+from streambill.api.schemas import LedgerEntryPublic
+from streambill.control import tenants
+from streambill.control.principal import Principal
+from streambill.control.schemas import TenantPublic
+from streambill.errors import NotFound, StreambillError
+
+T = TypeVar("T")
+MAX_PAGE = 1000
+
+Micros = NewType("Micros", int)
+MICROS_SCALAR = strawberry.scalar(
+    name="Micros",
+    serialize=int,
+    parse_value=int,
+    description="An amount in micros (1 unit = 1,000,000): a 64-bit integer.",
+)
+
+
+class Context(BaseContext):
+    def __init__(self, runtime: ApiRuntime, principal: Principal) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.principal = principal
+
+
+async def _context(
+    request: Request,
+    runtime: ApiRuntime = Depends(get_runtime),  # noqa: B008 (FastAPI's dependency style)
+) -> Context:
+    principal = await get_principal(request, runtime)
+    return Context(runtime, principal)
+
+
+async def _call(action: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await action()
+    except StreambillError as exc:
+        raise GraphQLError(exc.message, extensions={"code": exc.code.upper()}) from None
+
+
+@strawberry.type
+class Price:
+    meter: str
+    unit_price: str
+
+
+@strawberry.type
+class AutoTopup:
+    enabled: bool
+    threshold: str
+    amount: str
+
+
+@strawberry.type
+class Tenant:
+    id: str
+    kind: str
+    reseller_id: str | None
+    name: str
+    currency: str
+    status: str
+    prices: list[Price]
+    auto_topup: AutoTopup | None
+    timezone: str
+    brand_name: str | None
+    logo_url: str | None
+    color_primary: str | None
+    color_accent: str | None
+    slug: str | None
+    custom_domain: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @staticmethod
+    def of(t: TenantPublic) -> Tenant:
+        auto = t.auto_topup
+        return Tenant(
+            id=t.id,
+            kind=t.kind,
+            reseller_id=t.reseller_id,
+            name=t.name,
+            currency=t.currency,
+            status=t.status,
+            prices=[Price(meter=p.meter, unit_price=str(p.unit_price)) for p in t.prices],
+            auto_topup=(
+                AutoTopup(
+                    enabled=auto.enabled, threshold=str(auto.threshold), amount=str(auto.amount)
+                )
+                if auto
+                else None
+            ),
+            timezone=t.timezone,
+            brand_name=t.brand_name,
+            logo_url=t.logo_url,
+            color_primary=t.color_primary,
+            color_accent=t.color_accent,
+            slug=t.slug,
+            custom_domain=t.custom_domain,
+            version=t.version,
+            created_at=t.created_at,
+            updated_at=t.updated_at,
+        )
+
+
+@strawberry.type
+class CustomerPage:
+    items: list[Tenant]
+    next_cursor: str | None
+
+
+@strawberry.type
+class Balance:
+    customer_id: str
+    currency: str
+    balance: str
+    balance_micros: Micros
+    seq: int
+    updated_at: datetime
+
+
+@strawberry.type
+class Transaction:
+    entry_id: str
+    source_event_id: str
+    customer_id: str
+    reseller_id: str | None
+    kind: str
+    meter: str | None
+    quantity: str | None
+    amount_micros: Micros
+    balance_micros: Micros
+    currency: str
+    seq: int
+    occurred_at: datetime
+    applied_at: datetime
+
+    @staticmethod
+    def of(e: LedgerEntryPublic) -> Transaction:
+        return Transaction(**e.model_dump(exclude={"source_topic"}))
+
+
+@strawberry.type
+class UsageResult:
+    accepted: bool
+    event_id: str
+    customer_id: str
+
+
+def _ctx(info: Info[Context, Any]) -> Context:
+    return info.context
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="A reseller or customer in scope; NOT_FOUND otherwise.")
+    async def tenant(self, info: Info[Context, Any], id: str) -> Tenant:
+        ctx = _ctx(info)
+
+        async def find() -> TenantPublic:
+            try:
+                return await tenants.get_tenant(ctx.runtime.control, ctx.principal, "customer", id)
+            except NotFound:
+                return await tenants.get_tenant(ctx.runtime.control, ctx.principal, "reseller", id)
+
+        try:
+            return Tenant.of(await _call(find))
+        except GraphQLError:
+            raise GraphQLError(
+                f"tenant {id!r} not found", extensions={"code": "NOT_FOUND"}
+            ) from None
+
+    @strawberry.field(description="Customers in scope, ordered by id.")
+    async def customers(
+        self,
+        info: Info[Context, Any],
+        first: int = 100,
+        after: str | None = None,
+        reseller_id: str | None = None,
+        status: str | None = None,
+    ) -> CustomerPage:
+        ctx = _ctx(info)
+        if not 1 <= first <= MAX_PAGE:
+            raise GraphQLError(
+                f"first must be 1..{MAX_PAGE}", extensions={"code": "INVALID_REQUEST"}
+            )
+        if status not in (None, "active", "suspended", "closed"):
+            raise GraphQLError("unknown status", extensions={"code": "INVALID_REQUEST"})
+        page = await _call(
+            lambda: tenants.list_tenants(
+                ctx.runtime.control,
+                ctx.principal,
+                "customer",
+                limit=first,
+                cursor=after,
+                reseller_id=reseller_id,
+                status=status,
+            )
+        )
+        return CustomerPage(items=[Tenant.of(t) for t in page.items], next_cursor=page.next_cursor)
+
+    @strawberry.field(description="A customer's live balance.")
+    async def balance(self, info: Info[Context, Any], customer_id: str) -> Balance:
+        ctx = _ctx(info)
+        found = await _call(lambda: reads.balance(ctx.runtime, ctx.principal, customer_id))
+        return Balance(**found.model_dump())
+
+    @strawberry.field(description="A customer's ledger entries, newest first.")
+    async def transactions(
+        self,
+        info: Info[Context, Any],
+        customer_id: str,
+        limit: int = 100,
+        before_seq: int | None = None,
+    ) -> list[Transaction]:
+        ctx = _ctx(info)
+        if not 1 <= limit <= MAX_PAGE:
+            raise GraphQLError(
+                f"limit must be 1..{MAX_PAGE}", extensions={"code": "INVALID_REQUEST"}
+            )
+        page = await _call(
+            lambda: reads.ledger(ctx.runtime, ctx.principal, customer_id, limit, before_seq)
+        )
+        return [Transaction.of(e) for e in page.entries]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Post one usage event; true once the broker has it.")
+    async def process_usage(
+        self,
+        info: Info[Context, Any],
+        customer_id: str,
+        meter: str,
+        quantity: str,
+        event_id: str,
+        occurred_at: datetime | None = None,
+    ) -> UsageResult:
+        ctx = _ctx(info)
+        event: dict[str, Any] = {
+            "event_id": event_id,
+            "customer_id": customer_id,
+            "meter": meter,
+            "quantity": quantity,
+        }
+        if occurred_at is not None:
+            event["occurred_at"] = occurred_at.isoformat()
+        parsed = await _call(lambda: accept_usage(ctx.runtime, ctx.principal, orjson.dumps(event)))
+        if parsed.rejected:
+            first = parsed.rejected[0]
+            raise GraphQLError(first.message, extensions={"code": first.code.upper()})
+        return UsageResult(accepted=True, event_id=event_id, customer_id=customer_id)
+
+
+schema = strawberry.Schema(
+    query=Query, mutation=Mutation, config=StrawberryConfig(scalar_map={Micros: MICROS_SCALAR})
+)
+
+
+def graphql_router() -> GraphQLRouter[Context, None]:
+    # No GET queries: a mutation must never ride on a link; the IDE stays off in production
+    # paths (the OpenAPI docs describe REST; the schema is introspectable).
+    return GraphQLRouter(
+        schema,
+        path="/graphql",
+        context_getter=_context,
+        allow_queries_via_get=False,
+        graphql_ide=None,
+        tags=["graphql"],
+    )

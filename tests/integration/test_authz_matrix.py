@@ -1,0 +1,301 @@
+"""The authorization matrix: every route and GraphQL field x every kind of principal x objects
+owned by everyone, on SQLite and PostgreSQL. A principal must reach exactly what the scope rule
+(``apiworld.may_see``, written independently of the product) allows. For anything else the
+answer is the one a non-existent id gets (404, or 403 where the role may never do this at all):
+the api is no oracle for what exists. Without a valid credential: 401. Lists hold nothing
+foreign, and no response names a tenant the principal may not see.
+
+The operations come from the running api's OpenAPI document, so a new route fails this test
+until it is classified here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apiworld import BACKENDS, Api, World, build_world, may_see, running_api
+
+pytestmark = pytest.mark.integration
+
+PRINCIPALS = (
+    "admin",
+    "reseller_a",
+    "reseller_b",
+    "customer_a",
+    "customer_b",
+    "service_a",
+    "none",
+    "revoked",
+)
+# What each path parameter names, and the objects of the world it ranges over.
+PARAM_OBJECTS = {
+    "customer_id": ("cus_a", "cus_b", "cus_d"),
+    "reseller_id": ("res_a", "res_b"),
+    "key_id": tuple(f"key_{t}" for t in ("res_a", "res_b", "cus_a", "cus_b", "cus_d")),
+    "user_id": tuple(f"user_{t}" for t in ("res_a", "res_b", "cus_a", "cus_b", "cus_d")),
+}
+_counter = itertools.count()
+
+
+def _body(method: str, path: str) -> Any:
+    """A valid request body for each write operation (None: the operation has none)."""
+    bodies: dict[tuple[str, str], Any] = {
+        ("PATCH", "/v2/customers/{customer_id}"): {"low_balance_threshold": "1.00"},
+        ("PATCH", "/v2/resellers/{reseller_id}"): {"timezone": "Europe/Berlin"},
+        ("POST", "/v2/customers/{customer_id}/adjustments"): {"amount": "1.00", "reason": "m"},
+        ("DELETE", "/v2/api-keys/{key_id}"): None,
+    }
+    return bodies[(method, path)]
+
+
+# Operations without an object in the path, by how the matrix treats them.
+LISTS = {
+    "/v2/customers": "cus_",
+    "/v2/resellers": "res_",
+    "/v2/api-keys": "key_",
+    "/v2/users": "user_",
+}
+ADMIN_ONLY = {"/v2/admin/ledger/invariants", "/v2/admin/audit"}
+SELF = {"/v2/auth/me"}
+PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/v2/auth/login"}
+REFERENCING = {  # creates that name another object in their body
+    "/v2/customers",
+    "/v2/api-keys",
+    "/v2/users",
+    "/v2/usage",
+}
+CREATE_ONLY_ADMIN = {"/v2/resellers"}
+SESSION_ONLY = {"/v2/auth/logout"}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Api, World]]:
+    tmp: Path = tmp_path_factory.mktemp(f"matrix-{request.param}")
+    with running_api(tmp, request.param) as api:
+        yield api, build_world(api)
+
+
+def token(world: World, principal: str) -> str | None:
+    return None if principal == "none" else world.tokens[principal]
+
+
+def operations(api: Api) -> list[tuple[str, str]]:
+    spec = api.client.get("/openapi.json").json()
+    return [(m.upper(), p) for p, ops in spec["paths"].items() for m in ops]
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.cases = 0
+        self.failures: list[str] = []
+
+    def expect(self, ok: bool, what: str) -> None:
+        self.cases += 1
+        if not ok:
+            self.failures.append(what)
+
+
+def _leaks(world: World, principal: str, text: str) -> list[str]:
+    """Names of tenants this principal may not see that appear in a response."""
+    return [
+        name for obj, name in world.names.items() if not may_see(principal, obj) and name in text
+    ]
+
+
+GHOST = "ghost_does_not_exist"
+
+
+def _check_object_route(
+    api: Api, world: World, tally: Tally, method: str, path: str, param: str
+) -> None:
+    def call(principal: str, object_id: str) -> Any:
+        url = path.replace("{" + param + "}", object_id)
+        body = _body(method, path) if method != "GET" else None
+        headers = {"Idempotency-Key": f"m-{next(_counter)}"} if "adjustments" in path else {}
+        return api.call(method, url, token(world, principal), body, headers=headers)
+
+    for principal in PRINCIPALS:
+        ghost = call(principal, GHOST).status_code
+        tally.expect(ghost in (401, 403, 404), f"{principal} {method} {path} on a ghost: {ghost}")
+        for obj in PARAM_OBJECTS[param]:
+            r = call(principal, world.objects[obj])
+            what = f"{principal} {method} {path} on {obj}: {r.status_code} {r.text[:160]}"
+            if principal in ("none", "revoked"):
+                tally.expect(r.status_code == 401, what)
+            elif may_see(principal, obj):
+                ok = r.status_code == 200 if method == "GET" else r.status_code not in (401, 404)
+                tally.expect(ok, what)
+            else:
+                tally.expect(r.status_code == ghost and ghost in (403, 404), what)
+            tally.expect(not _leaks(world, principal, r.text), f"leak: {what}")
+
+
+def _check_list(api: Api, world: World, tally: Tally, path: str, prefix: str) -> None:
+    ids = {v: k for k, v in world.objects.items() if k.startswith(prefix)}
+    for principal in PRINCIPALS:
+        r = api.call("GET", path, token(world, principal), params={"limit": 1000})
+        what = f"{principal} GET {path}: {r.status_code} {r.text[:160]}"
+        if principal in ("none", "revoked"):
+            tally.expect(r.status_code == 401, what)
+            continue
+        tally.expect(r.status_code == 200, what)
+        listed = {item["id"] for item in r.json().get("items", [])}
+        for object_id, obj in ids.items():
+            # every object of the world: listed exactly when the principal may see it
+            tally.expect((object_id in listed) == may_see(principal, obj), f"{what} / {obj}")
+        tally.expect(not _leaks(world, principal, r.text), f"leak: {what}")
+
+
+def _reference_body(path: str, world: World, obj: str) -> tuple[dict[str, Any], str]:
+    target = world.objects[obj]
+    n = next(_counter)
+    if path == "/v2/customers":
+        return {"name": f"m{n}", "currency": "EUR", "reseller_id": target}, "res_"
+    if path == "/v2/api-keys":
+        role = "service"
+        return {"tenant_id": target, "role": role}, ""
+    if path == "/v2/users":
+        role = "reseller" if world.kinds[obj] == "reseller" else "customer"
+        body = {
+            "email": f"m{n}@example.com",
+            "password": "a-long-password-1",
+            "role": role,
+            "tenant_id": target,
+        }
+        return body, ""
+    event = {"event_id": f"m-{n}", "customer_id": target, "meter": "call_minutes", "quantity": "1"}
+    return event, "cus_"
+
+
+def _check_references(api: Api, world: World, tally: Tally, path: str) -> None:
+    for principal in PRINCIPALS:
+        ghosts: dict[str, int] = {}
+        for obj in ("res_a", "res_b", "cus_a", "cus_b", "cus_d"):
+            body, only = _reference_body(path, world, obj)
+            if only and not obj.startswith(only):
+                continue
+            kind = world.kinds[obj]
+            if kind not in ghosts:  # the same request naming an id that does not exist
+                ghost_body = {k: (GHOST if v == world.objects[obj] else v) for k, v in body.items()}
+                if "email" in ghost_body:
+                    ghost_body["email"] = f"g{next(_counter)}@example.com"
+                ghosts[kind] = api.call(
+                    "POST", path, token(world, principal), ghost_body
+                ).status_code
+            r = api.call("POST", path, token(world, principal), body)
+            what = f"{principal} POST {path} naming {obj}: {r.status_code} {r.text[:160]}"
+            if principal in ("none", "revoked"):
+                tally.expect(r.status_code == 401, what)
+            elif may_see(principal, obj):
+                tally.expect(r.status_code not in (401, 404), what)
+            else:
+                ghost = ghosts[kind]
+                tally.expect(
+                    r.status_code == ghost and ghost in (403, 404), f"{what} (ghost {ghost})"
+                )
+            tally.expect(not _leaks(world, principal, r.text), f"leak: {what}")
+
+
+def _check_admin_only(api: Api, world: World, tally: Tally, method: str, path: str) -> None:
+    for principal in PRINCIPALS:
+        r = api.call(method, path, token(world, principal))
+        what = f"{principal} {method} {path}: {r.status_code}"
+        expected = {"admin": 200, "none": 401, "revoked": 401}.get(principal, 403)
+        tally.expect(r.status_code == expected, what)
+
+
+GRAPHQL_BY_CUSTOMER = {
+    "balance": "query($id: String!) { balance(customerId: $id) { balance seq currency } }",
+    "transactions": "query($id: String!) { transactions(customerId: $id, limit: 5) { seq } }",
+    "processUsage": (
+        "mutation($id: String!, $e: String!) { processUsage(customerId: $id,"
+        ' meter: "call_minutes", quantity: "1", eventId: $e) { accepted } }'
+    ),
+}
+GRAPHQL_TENANT = "query($id: String!) { tenant(id: $id) { id name } }"
+GRAPHQL_CUSTOMERS = "{ customers(first: 1000) { items { id name } } }"
+
+
+def _graphql(api: Api, world: World, principal: str, query: str, **variables: Any) -> Any:
+    return api.call(
+        "POST", "/graphql", token(world, principal), {"query": query, "variables": variables}
+    )
+
+
+def _check_graphql(api: Api, world: World, tally: Tally) -> None:
+    cases: list[tuple[str, str, dict[str, Any]]] = []
+    for obj in ("res_a", "res_b", "cus_a", "cus_b", "cus_d"):
+        cases.append((obj, GRAPHQL_TENANT, {"id": world.objects[obj]}))
+    for obj in ("cus_a", "cus_b", "cus_d"):
+        for query in GRAPHQL_BY_CUSTOMER.values():
+            cases.append((obj, query, {"id": world.objects[obj], "e": f"g{next(_counter)}"}))
+    for principal, (obj, query, variables) in itertools.product(PRINCIPALS, cases):
+        r = _graphql(api, world, principal, query, **variables)
+        what = f"{principal} graphql {query[:40]} on {obj}: {r.status_code} {r.text[:160]}"
+        if principal in ("none", "revoked"):
+            tally.expect(r.status_code == 401, what)
+            continue
+        errors = r.json().get("errors") or []
+        codes = {e.get("extensions", {}).get("code") for e in errors}
+        if may_see(principal, obj) and not (principal == "service_a" and obj.startswith("res")):
+            tally.expect(r.status_code == 200 and not errors, what)
+        else:
+            tally.expect(codes <= {"NOT_FOUND", "UNKNOWN_CUSTOMER"} and bool(codes), what)
+        tally.expect(not _leaks(world, principal, r.text), f"leak: {what}")
+    for principal in PRINCIPALS:
+        r = _graphql(api, world, principal, GRAPHQL_CUSTOMERS)
+        what = f"{principal} graphql customers: {r.status_code} {r.text[:160]}"
+        if principal in ("none", "revoked"):
+            tally.expect(r.status_code == 401, what)
+            continue
+        listed = {c["id"] for c in r.json()["data"]["customers"]["items"]}
+        for obj in ("cus_a", "cus_b", "cus_d"):
+            tally.expect((world.objects[obj] in listed) == may_see(principal, obj), what)
+        tally.expect(not _leaks(world, principal, r.text), f"leak: {what}")
+
+
+def test_every_route_and_field_keeps_to_the_scope(world: tuple[Api, World]) -> None:
+    api, w = world
+    tally = Tally()
+    unclassified = []
+    for method, path in operations(api):
+        params = re.findall(r"{(\w+)}", path)
+        if params:
+            if len(params) != 1 or params[0] not in PARAM_OBJECTS:
+                unclassified.append(f"{method} {path}")
+                continue
+            try:
+                _body(method, path) if method != "GET" else None
+            except KeyError:
+                unclassified.append(f"{method} {path}")
+                continue
+            _check_object_route(api, w, tally, method, path, params[0])
+        elif path in PUBLIC or path in SELF or path in SESSION_ONLY or path == "/graphql":
+            continue
+        elif method == "GET" and path in LISTS:
+            _check_list(api, w, tally, path, LISTS[path])
+        elif path in ADMIN_ONLY:
+            _check_admin_only(api, w, tally, method, path)
+        elif method == "POST" and path in REFERENCING:
+            _check_references(api, w, tally, path)
+        elif method == "POST" and path in CREATE_ONLY_ADMIN:
+            for principal in PRINCIPALS:
+                body = {"name": f"m{next(_counter)}", "currency": "EUR"}
+                r = api.call(method, path, token(w, principal), body)
+                expected = {"admin": 201, "none": 401, "revoked": 401}.get(principal, 403)
+                tally.expect(r.status_code == expected, f"{principal} POST {path}: {r.status_code}")
+        else:
+            unclassified.append(f"{method} {path}")
+    _check_graphql(api, w, tally)
+    print(f"\nauthorization matrix: {tally.cases} cases, {len(tally.failures)} failures")
+    assert not unclassified, f"classify these operations in the matrix: {unclassified}"
+    assert not tally.failures, "\n".join(tally.failures[:40])
+    assert tally.cases > 1000
