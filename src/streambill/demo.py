@@ -1,9 +1,11 @@
 """``streambill demo``: demo tenants and realistic synthetic usage, with a progress bar.
 
-Accounts and initial top-ups are produced first (stable ids: a rerun upserts the same
-accounts and its initial top-ups are duplicates); then usage flows at ``rate`` events/s,
-scaled by the customers' business hours but never below a floor, until ``events`` are sent
-or SIGINT/SIGTERM arrives. The generation lives in :mod:`streambill.loadgen` and is pure.
+Resellers and customers are created through the api's control plane, as an operator would
+(the api publishes them to ``billing.accounts.v1``); a rerun finds them there (409) and goes
+on. Then the initial top-ups are produced (stable ids: on a rerun they are duplicates), and
+usage flows at ``rate`` events/s, scaled by the customers' business hours but never below a
+floor, until ``events`` are sent or SIGINT/SIGTERM arrives. The generation lives in
+:mod:`streambill.loadgen` and is pure.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
+import httpx
 from tqdm import tqdm
 
+from streambill.errors import StreambillError
 from streambill.loadgen.kafka import Sender
 from streambill.loadgen.population import (
     Population,
@@ -26,26 +30,60 @@ from streambill.loadgen.population import (
 from streambill.loadgen.traffic import Message, Pacer, TrafficModel
 from streambill.settings import Settings
 from streambill.shutdown import StopRequest, stop_on_signals
-from streambill.streams.topics import ACCOUNTS, PAYMENTS
+from streambill.streams.topics import PAYMENTS
 
 log = logging.getLogger(__name__)
 
 TICK_S: Final = 0.02
 FLUSH_TIMEOUT_S: Final = 30.0
+API_WAIT_S: Final = 60.0
+_EPOCH: Final = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def tenant_requests(population: Population) -> list[tuple[str, dict[str, Any]]]:
+    """``(path, body)`` for the api: resellers first (a customer's reseller exists before it)."""
+    requests: list[tuple[str, dict[str, Any]]] = []
+    for reseller in population.resellers:
+        account = reseller_account(reseller, _EPOCH)
+        body = {k: account[k] for k in ("name", "currency")}
+        requests.append(("/v2/resellers", {"id": reseller.account_id, **body}))
+    for customer in population.customers:
+        account = customer_account(customer, _EPOCH)
+        body = {k: account[k] for k in ("name", "currency", "prices", "auto_topup")}
+        body["reseller_id"] = account["parent_id"]
+        requests.append(("/v2/customers", {"id": customer.account_id, **body}))
+    return requests
 
 
 def setup_messages(population: Population, now: datetime) -> list[Message]:
-    """Resellers first (a customer's parent exists before it), customers, initial top-ups."""
-    messages = [
-        Message(ACCOUNTS, r.account_id, reseller_account(r, now)) for r in population.resellers
-    ]
-    messages += [
-        Message(ACCOUNTS, c.account_id, customer_account(c, now)) for c in population.customers
-    ]
-    messages += [
-        Message(PAYMENTS, c.account_id, initial_topup(c, now)) for c in population.customers
-    ]
-    return messages
+    """The initial top-ups (the accounts come from the control plane)."""
+    return [Message(PAYMENTS, c.account_id, initial_topup(c, now)) for c in population.customers]
+
+
+def register_tenants(settings: Settings, requests: list[tuple[str, dict[str, Any]]]) -> int:
+    """Create the tenants through the api with the admin key; those that exist are kept.
+    Returns how many were created; raises :class:`StreambillError` when the api refuses."""
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
+    headers = {"Authorization": f"Bearer {settings.admin_api_key}"}
+    created = 0
+    deadline = time.monotonic() + API_WAIT_S
+    with httpx.Client(
+        base_url=f"http://{host}:{settings.api_port}", headers=headers, timeout=30, trust_env=False
+    ) as client:
+        for path, body in requests:
+            while True:
+                try:
+                    response = client.post(path, json=body)
+                    break
+                except httpx.TransportError as exc:
+                    if time.monotonic() > deadline:
+                        raise StreambillError(f"the api is not reachable: {exc}") from exc
+                    time.sleep(0.5)
+            if response.status_code == 201:
+                created += 1
+            elif response.status_code != 409:
+                raise StreambillError(f"the api refused {path}: {response.text[:300]}")
+    return created
 
 
 def session_id(started: datetime) -> str:
@@ -100,11 +138,17 @@ def run_demo(settings: Settings, *, customers: int, rate: float, events: int, se
     sender = Sender(settings, client_id="streambill-demo")
     stop = StopRequest()
     with stop_on_signals(stop):
+        try:
+            created = register_tenants(settings, tenant_requests(population))
+        except StreambillError as exc:
+            log.error("demo: creating the tenants failed: %s", exc.message)
+            return 1
         _send_all(sender, setup_messages(population, started))
         log.info(
-            "demo: %d customers, %d resellers on %s",
+            "demo: %d customers, %d resellers (%d new) on %s",
             len(population.customers),
             len(population.resellers),
+            created,
             settings.bootstrap,
         )
         model = TrafficModel(population, seed=seed, session=session_id(started))

@@ -10,7 +10,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from streambill.demo import setup_messages
+from streambill.control.schemas import CustomerCreate, ResellerCreate
+from streambill.demo import setup_messages, tenant_requests
 from streambill.domain.money import to_micros
 from streambill.loadgen.population import build_population, reseller_count
 from streambill.loadgen.traffic import (
@@ -21,8 +22,8 @@ from streambill.loadgen.traffic import (
     activity_factor,
     call_minutes,
 )
-from streambill.streams.events import decode_account, decode_payment, decode_usage
-from streambill.streams.topics import ACCOUNTS, PAYMENTS, USAGE
+from streambill.streams.events import decode_payment, decode_usage
+from streambill.streams.topics import PAYMENTS, USAGE
 
 # Wednesday 2026-11-25 10:00 in Berlin; Saturday 2026-11-28 03:00 in Berlin.
 WEEKDAY_NOON_BERLIN = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -54,22 +55,27 @@ def test_event_ids_are_unique_and_carry_the_session() -> None:
     assert all(i.startswith("demo-abc-") for i in ids)
 
 
-def test_setup_messages_decode_with_the_contract_models() -> None:
+def test_tenant_requests_are_valid_api_bodies_resellers_first() -> None:
+    population = build_population(50, seed=1)
+    requests = tenant_requests(population)
+    resellers = [ResellerCreate.model_validate(b) for p, b in requests if p == "/v2/resellers"]
+    customers = [CustomerCreate.model_validate(b) for p, b in requests if p == "/v2/customers"]
+    assert len(resellers) == reseller_count(50) and len(customers) == 50
+    # A reseller is created before any customer that names it.
+    assert [p for p, _ in requests[: len(resellers)]] == ["/v2/resellers"] * len(resellers)
+    reseller_ids = {r.id for r in resellers}
+    for customer in customers:
+        assert customer.reseller_id is None or customer.reseller_id in reseller_ids
+        assert {p.meter for p in customer.prices} == {"call_minutes", "sms", "ai_tokens_1k"}
+    assert any(c.auto_topup is not None and c.auto_topup.enabled for c in customers)
+    assert any(c.auto_topup is None for c in customers)
+
+
+def test_setup_messages_are_initial_topups_that_decode() -> None:
     population = build_population(50, seed=1)
     messages = setup_messages(population, WEEKDAY_NOON_BERLIN)
-    accounts = [decode_account(orjson.dumps(m.value)) for m in messages if m.topic == ACCOUNTS]
     payments = [decode_payment(orjson.dumps(m.value)) for m in messages if m.topic == PAYMENTS]
-    assert len(accounts) == 50 + reseller_count(50)
-    assert len(payments) == 50
-    resellers = {a.account_id for a in accounts if a.kind == "reseller"}
-    # A reseller's account is produced before any customer that names it as parent.
-    assert [m.value["kind"] for m in messages[: len(resellers)]] == ["reseller"] * len(resellers)
-    for account in accounts:
-        assert account.parent_id is None or account.parent_id in resellers
-        if account.kind == "customer":
-            assert {p.meter for p in account.prices} == {"call_minutes", "sms", "ai_tokens_1k"}
-    assert any(a.auto_topup is not None and a.auto_topup.enabled for a in accounts)
-    assert any(a.kind == "customer" and a.auto_topup is None for a in accounts)
+    assert len(payments) == len(messages) == 50
     assert all(p.kind == "topup" and p.amount > 0 for p in payments)
     # Stable ids: a rerun sends the same initial top-up, which the worker drops as duplicate.
     assert all(p.event_id == f"{p.customer_id}-initial-topup" for p in payments)
