@@ -46,6 +46,7 @@ BACKOFF_S_MIN: Final = 0.5
 BACKOFF_S_MAX: Final = 30.0
 POLL_IDLE_MS: Final = 500
 STOP_TIMEOUT_S: Final = 15.0
+YIELD_EVERY: Final = 500
 _TABLE_COLUMNS: Final = {spec.table: spec.columns for spec in TABLE_SPECS.values()}
 
 
@@ -170,10 +171,16 @@ class ClickHouseSink:
         records = await consumer.getmany(
             timeout_ms=max(timeout_ms, 1), max_records=self._max_poll_records
         )
+        mapped = 0
         for tp, messages in records.items():
             spec = TABLE_SPECS[tp.topic]
             for message in messages:
                 self._add(spec, tp.partition, message.offset, message.value)
+                mapped += 1
+                if mapped % YIELD_EVERY == 0:
+                    # Mapping a full poll takes ~100 ms of this event loop, which the api's
+                    # requests share: let them run between slices.
+                    await asyncio.sleep(0)
         metrics.BUFFERED_ROWS.set(self._batch.row_count)
 
     def _add(self, spec: TableSpec, partition: int, offset: int, value: bytes | None) -> None:

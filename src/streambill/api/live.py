@@ -702,10 +702,13 @@ class LiveFeed:
             batches = await consumer.getmany(
                 timeout_ms=POLL_IDLE_MS, max_records=self._max_poll_records
             )
+            # Nobody listening: nothing to decode (the feed keeps its place, and the lag).
+            listening = self._hub.subscriber_count > 0
             for tp, messages in batches.items():
-                handler = self._handlers[tp.topic]
-                for message in messages:
-                    self._handle(handler, tp, message.offset, message.value)
+                if listening:
+                    handler = self._handlers[tp.topic]
+                    for message in messages:
+                        self._handle(handler, tp, message.offset, message.value)
                 self._positions[tp] = messages[-1].offset + 1
             self._report_lag(consumer)
 
