@@ -11,6 +11,9 @@ PAYMENTS: Final = "billing.payments.v1"
 LEDGER: Final = "billing.ledger.v1"
 ALERTS: Final = "billing.alerts.v1"
 DEADLETTER: Final = "billing.deadletter.v1"
+# Reseller commission entries (the commissions agent, a later issue); the live feed reads it
+# when it exists.
+COMMISSIONS: Final = "billing.commissions.v1"
 
 # The Faust app id; Faust names table changelogs "<app id>-<table>-changelog".
 APP_ID: Final = "streambill"
