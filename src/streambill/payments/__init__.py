@@ -1,0 +1,6 @@
+"""Payments: Stripe top-ups, signed webhooks and auto top-up (issue 4, under way).
+
+- :mod:`streambill.payments.signature` -- ``Stripe-Signature`` verification: HMAC-SHA256 over
+  ``"<t>.<raw body>"``, compared in constant time, accepted only within a tolerance of the
+  api's clock in both directions.
+"""
