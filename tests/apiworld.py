@@ -18,6 +18,7 @@ from pipeline import Stack
 from streambill.broker.testing import memory_broker
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+STRIPE_WEBHOOK_SECRET = "whsec_streambill_tests"
 BACKENDS = ("sqlite", "postgresql")
 
 
@@ -91,6 +92,7 @@ def running_api(
         stack = Stack(broker.bootstrap, tmp, 4)
         if url is not None:
             stack.env["STREAMBILL_DATABASE_URL"] = url
+        stack.env["STREAMBILL_STRIPE_WEBHOOK_SECRET"] = STRIPE_WEBHOOK_SECRET
         stack.env.update(env or {})
         stack.start_api()
         api = Api(stack, broker.bootstrap, url)

@@ -147,6 +147,12 @@ class Settings(BaseSettings):
         return f"http://{self.api_host}:{self.api_port}"
 
     @property
+    def stripe_webhook_secrets(self) -> list[str]:
+        """The webhook signing secrets; two, comma-separated, while one is rotated out."""
+        raw = self.stripe_webhook_secret or ""
+        return [part.strip() for part in raw.split(",") if part.strip()]
+
+    @property
     def origins(self) -> frozenset[str]:
         """Browser origins the api trusts (WebSocket handshakes, cookie-authenticated writes)."""
         if self.allowed_origins:

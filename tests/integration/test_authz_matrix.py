@@ -63,7 +63,8 @@ LISTS = {
 }
 ADMIN_ONLY = {"/v2/admin/ledger/invariants", "/v2/admin/audit"}
 SELF = {"/v2/auth/me"}
-PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/v2/auth/login"}
+# No bearer key: public, or authenticated otherwise (Stripe's signature; test_stripe_webhook).
+PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/v2/auth/login", "/v2/stripe/webhook"}
 REFERENCING = {  # creates that name another object in their body
     "/v2/customers",
     "/v2/api-keys",

@@ -26,7 +26,17 @@ from streambill.api.ingest import UsageProducer
 from streambill.api.limits import BodyLimit
 from streambill.api.live import LiveFeed, LiveHub
 from streambill.api.ratelimit import RateLimiter
-from streambill.api.routes import admin, api_keys, auth, customers, health, resellers, usage, users
+from streambill.api.routes import (
+    admin,
+    api_keys,
+    auth,
+    customers,
+    health,
+    resellers,
+    stripe,
+    usage,
+    users,
+)
 from streambill.api.ws import StreamContext
 from streambill.control import db
 from streambill.control.access import Authenticator
@@ -115,7 +125,8 @@ def create_app(settings: Settings) -> FastAPI:
         default_bytes=settings.api_max_body_bytes,
         usage_bytes=settings.api_max_usage_body_bytes,
     )
-    for module in (health, auth, resellers, customers, api_keys, users, usage, admin):
+    routers = (health, auth, resellers, customers, api_keys, users, usage, stripe, admin)
+    for module in routers:
         app.include_router(module.router)
     app.include_router(graphql_router())
     app.include_router(ws.router)

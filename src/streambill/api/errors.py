@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 STATUS_BY_CODE: Final[dict[str, int]] = {
     "invalid_json": 400,
+    "invalid_signature": 400,
     "invalid_event": 422,
     "invalid_request": 422,
     "unknown_meter": 422,

@@ -195,3 +195,15 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime]
+
+
+class StripeEvent(Base):
+    """A Stripe webhook event taken in: its id is the deduplication key, written in the same
+    transaction as the payment events it became (through the outbox)."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(128))
+    payments: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime]
