@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from streambill.control.models import Adjustment, Tenant
 from streambill.control.outbox import enqueue
-from streambill.control.plane import ControlPlane, audit, decode_cursor, encode_cursor
+from streambill.control.plane import ControlPlane, audit, page_by_id
 from streambill.control.principal import Principal
 from streambill.control.schemas import AdjustmentCreate, AdjustmentPublic, Page
 from streambill.control.security import new_id
@@ -119,12 +119,4 @@ async def list_adjustments(
     ):
         raise NotFound(f"customer {customer_id!r} not found")
     query = select(Adjustment).where(Adjustment.customer_id == customer_id)
-    after = decode_cursor(cursor)
-    if after is not None:
-        query = query.where(Adjustment.id > after)
-    async with cp.sessions() as session:
-        rows = (await session.scalars(query.order_by(Adjustment.id).limit(limit + 1))).all()
-    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-    return Page[AdjustmentPublic](
-        items=[adjustment_public(a) for a in rows[:limit]], next_cursor=next_cursor
-    )
+    return await page_by_id(cp, query, Adjustment.id, limit, cursor, adjustment_public)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from streambill.control.access import SESSION_LIFETIME
 from streambill.control.models import ApiKey, AuthSession, Tenant, User
-from streambill.control.plane import ControlPlane, audit, decode_cursor, encode_cursor
+from streambill.control.plane import ControlPlane, audit, page_by_id
 from streambill.control.principal import Principal
 from streambill.control.schemas import (
     ApiKeyCreate,
@@ -132,13 +132,7 @@ async def list_keys(
         query = query.where(ApiKey.tenant_id == tenant_id)
     if not include_revoked:
         query = query.where(ApiKey.revoked_at.is_(None))
-    after = decode_cursor(cursor)
-    if after is not None:
-        query = query.where(ApiKey.id > after)
-    async with cp.sessions() as session:
-        rows = (await session.scalars(query.order_by(ApiKey.id).limit(limit + 1))).all()
-    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-    return Page[ApiKeyPublic](items=[key_public(k) for k in rows[:limit]], next_cursor=next_cursor)
+    return await page_by_id(cp, query, ApiKey.id, limit, cursor, key_public)
 
 
 async def revoke_key(cp: ControlPlane, p: Principal, key_id: str) -> ApiKeyPublic:
@@ -211,13 +205,7 @@ async def list_users(
     query = _user_scope(select(User), p)
     if tenant_id is not None:
         query = query.where(User.tenant_id == tenant_id)
-    after = decode_cursor(cursor)
-    if after is not None:
-        query = query.where(User.id > after)
-    async with cp.sessions() as session:
-        rows = (await session.scalars(query.order_by(User.id).limit(limit + 1))).all()
-    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-    return Page[UserPublic](items=[user_public(u) for u in rows[:limit]], next_cursor=next_cursor)
+    return await page_by_id(cp, query, User.id, limit, cursor, user_public)
 
 
 async def login(cp: ControlPlane, email: str, password: str) -> LoginResponse:

@@ -12,16 +12,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final, TypeVar
 
+from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute
 
 from streambill.control.access import Authenticator
 from streambill.control.models import AuditRecord, Tenant
 from streambill.control.principal import Principal
+from streambill.control.schemas import Page
 from streambill.errors import InvalidEvent, NotFound
 
+R = TypeVar("R", bound=Any)
+P = TypeVar("P")
 OWNER_CACHE_MAX: Final = 1_000_000
 MISSING_TTL_S: Final = 2.0
 
@@ -93,6 +98,25 @@ def audit(
             at=now, actor=principal.label(), action=action, target=target, details=details or {}
         )
     )
+
+
+async def page_by_id(
+    cp: ControlPlane,
+    query: Select[R],
+    id_column: InstrumentedAttribute[str],
+    limit: int,
+    cursor: str | None,
+    public: Callable[[R], P],
+) -> Page[P]:
+    """One page of ``query`` in id order after ``cursor`` (keyset pagination: stable while
+    rows are added, no offset scans)."""
+    after = decode_cursor(cursor)
+    if after is not None:
+        query = query.where(id_column > after)
+    async with cp.sessions() as session:
+        rows = (await session.scalars(query.order_by(id_column).limit(limit + 1))).all()
+    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return Page[P](items=[public(r) for r in rows[:limit]], next_cursor=next_cursor)
 
 
 def encode_cursor(last_id: str) -> str:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from streambill.control.models import Tenant
 from streambill.control.outbox import enqueue_account
-from streambill.control.plane import ControlPlane, audit, decode_cursor, encode_cursor
+from streambill.control.plane import ControlPlane, audit, page_by_id
 from streambill.control.principal import Principal
 from streambill.control.schemas import (
     CustomerCreate,
@@ -178,14 +178,7 @@ async def list_tenants(
         query = query.where(Tenant.parent_id == reseller_id)
     if status is not None:
         query = query.where(Tenant.status == status)
-    after = decode_cursor(cursor)
-    if after is not None:
-        query = query.where(Tenant.id > after)
-    async with cp.sessions() as session:
-        rows = (await session.scalars(query.order_by(Tenant.id).limit(limit + 1))).all()
-    items = [public(t) for t in rows[:limit]]
-    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-    return Page[TenantPublic](items=items, next_cursor=next_cursor)
+    return await page_by_id(cp, query, Tenant.id, limit, cursor, public)
 
 
 def _scope(query: Select[Tenant], p: Principal, kind: Kind) -> Select[Tenant]:
