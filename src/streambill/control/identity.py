@@ -9,9 +9,11 @@ admins). The secret of a key or session is returned once and stored only as a di
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import Select, false, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import InstrumentedAttribute
 
 from streambill.control.access import SESSION_LIFETIME
 from streambill.control.models import ApiKey, AuthSession, Tenant, User
@@ -37,6 +39,7 @@ from streambill.control.security import (
 )
 from streambill.errors import Conflict, Forbidden, NotFound, Unauthorized
 
+C = TypeVar("C", ApiKey, User)
 # role of the new credential -> tenant kinds it may be bound to
 _BINDINGS: dict[str, frozenset[str]] = {
     "admin": frozenset(),
@@ -107,15 +110,23 @@ async def create_key(cp: ControlPlane, p: Principal, body: ApiKeyCreate) -> ApiK
     return ApiKeyCreated(**key_public(key).model_dump(), key=secret)
 
 
-def _key_scope(query: Select[ApiKey], p: Principal) -> Select[ApiKey]:
+def _credential_scope(
+    query: Select[C], tenant_column: InstrumentedAttribute[str | None], p: Principal
+) -> Select[C]:
+    """Keys and users in scope: the admin all; a reseller those of itself and its customers; a
+    customer its own; a service key none (it reads balances, not credentials)."""
     if p.is_admin:
         return query
     if p.role == "service":
         return query.where(false())
     if p.reseller_scope is not None:
         owned = select(Tenant.id).where(Tenant.parent_id == p.reseller_scope)
-        return query.where(or_(ApiKey.tenant_id == p.reseller_scope, ApiKey.tenant_id.in_(owned)))
-    return query.where(ApiKey.tenant_id == p.tenant_id)
+        return query.where(or_(tenant_column == p.reseller_scope, tenant_column.in_(owned)))
+    return query.where(tenant_column == p.tenant_id)
+
+
+def _key_scope(query: Select[ApiKey], p: Principal) -> Select[ApiKey]:
+    return _credential_scope(query, ApiKey.tenant_id, p)
 
 
 async def list_keys(
@@ -150,14 +161,7 @@ async def revoke_key(cp: ControlPlane, p: Principal, key_id: str) -> ApiKeyPubli
 
 
 def _user_scope(query: Select[User], p: Principal) -> Select[User]:
-    if p.is_admin:
-        return query
-    if p.role == "service":
-        return query.where(false())
-    if p.reseller_scope is not None:
-        owned = select(Tenant.id).where(Tenant.parent_id == p.reseller_scope)
-        return query.where(or_(User.tenant_id == p.reseller_scope, User.tenant_id.in_(owned)))
-    return query.where(User.tenant_id == p.tenant_id)
+    return _credential_scope(query, User.tenant_id, p)
 
 
 async def create_user(cp: ControlPlane, p: Principal, body: UserCreate) -> UserPublic:
