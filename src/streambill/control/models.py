@@ -82,6 +82,11 @@ class Tenant(Base):
     payout_iban: Mapped[str | None] = mapped_column(String(34))
     payout_bic: Mapped[str | None] = mapped_column(String(11))
     payout_email: Mapped[str | None] = mapped_column(String(254))
+    # Stripe: the customer object and the payment method saved for auto top-up (ids only;
+    # card numbers never reach streambill). ``payment_method_label`` is for display.
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    payment_method_id: Mapped[str | None] = mapped_column(String(255))
+    payment_method_label: Mapped[str | None] = mapped_column(String(128))
     # Bumped by every change; the accounts topic carries it so consumers can drop stale ones.
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime]
@@ -207,3 +212,85 @@ class StripeEvent(Base):
     type: Mapped[str] = mapped_column(String(128))
     payments: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime]
+
+
+class TopupAttempt(Base):
+    """One attempt to charge a customer: an auto top-up or a Checkout top-up.
+
+    ``idempotency_key`` is deterministic (``autotopup:<customer>:<number>`` for the auto
+    top-up's n-th attempt) and recorded *before* Stripe is called, so a crash or a timeout
+    can always be resolved by looking the attempt up at Stripe under that key.
+    ``status``: ``pending`` (recorded, call not answered), ``unknown`` (the call failed in
+    transit: look it up before anything is retried), ``processing`` (SEPA: Stripe decides
+    later), ``succeeded``, ``requires_action``, ``failed``, ``open`` (a Checkout Session
+    waiting for the customer), ``expired``.
+    """
+
+    __tablename__ = "topup_attempts"
+
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # auto | checkout
+    number: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(24))
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    checkout_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # The ledger entry whose balance crossed the threshold (auto top-ups).
+    crossing_seq: Mapped[int | None] = mapped_column(BigInteger)
+    crossed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    # When Stripe answered with a PaymentIntent, and when its credit reached the ledger.
+    intent_at: Mapped[datetime | None]
+    emitted_at: Mapped[datetime | None]
+    credited_at: Mapped[datetime | None]
+    calls: Mapped[int] = mapped_column(Integer, default=0)
+    next_check_at: Mapped[datetime | None]
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    failure_message: Mapped[str | None] = mapped_column(String(500))
+    action_url: Mapped[str | None] = mapped_column(String(1024))
+
+    __table_args__ = (
+        Index(
+            "uq_topup_attempts_customer_kind_number", "customer_id", "kind", "number", unique=True
+        ),
+        Index("ix_topup_attempts_status", "status", "next_check_at"),
+    )
+
+
+class AutoTopupState(Base):
+    """Per customer: where its auto top-up stands. Locked (one row) by every decision, so
+    at most one attempt is ever in flight, whatever process or replica decides."""
+
+    __tablename__ = "autotopup_states"
+
+    customer_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    # The number the next attempt gets (1, 2, ...): the idempotency key's second half.
+    next_number: Mapped[int] = mapped_column(Integer, default=1)
+    in_flight: Mapped[str | None] = mapped_column(String(160))
+    # Ledger entries at or below this seq were seen by a decision already (stale or
+    # duplicated entries cannot trigger another attempt).
+    armed_after_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    backoff_until: Mapped[datetime | None]
+    last_attempt_at: Mapped[datetime | None]
+    day: Mapped[str | None] = mapped_column(String(10))
+    day_count: Mapped[int] = mapped_column(Integer, default=0)
+    disabled_at: Mapped[datetime | None]
+    disabled_reason: Mapped[str | None] = mapped_column(String(200))
+    updated_at: Mapped[datetime]
+
+
+class StreamOffset(Base):
+    """How far a database-backed consumer (the auto top-up agent) has read a partition."""
+
+    __tablename__ = "stream_offsets"
+
+    consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(128), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
