@@ -26,7 +26,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from streambill.control.models import Lease, OutboxMessage, Tenant
+from streambill.control import leases
+from streambill.control.models import OutboxMessage, Tenant
 from streambill.streams.topics import ACCOUNTS
 
 log = logging.getLogger(__name__)
@@ -201,27 +202,12 @@ class OutboxRelay:
             start = end
 
     async def _acquire(self) -> bool:
-        now = self._clock()
-        expires = now + timedelta(seconds=LEASE_TTL_S)
-        async with self._sessions.begin() as session:
-            lease = await session.get(Lease, LEASE_NAME, with_for_update=True)
-            if lease is None:
-                session.add(Lease(name=LEASE_NAME, holder=self.holder, expires_at=expires))
-                return True
-            if lease.holder != self.holder and lease.expires_at > now:
-                return False
-            lease.holder = self.holder
-            lease.expires_at = expires
-            return True
+        return await leases.acquire(
+            self._sessions, LEASE_NAME, self.holder, LEASE_TTL_S, self._clock()
+        )
 
     async def _release(self) -> None:
-        try:
-            async with self._sessions.begin() as session:
-                await session.execute(
-                    delete(Lease).where(Lease.name == LEASE_NAME, Lease.holder == self.holder)
-                )
-        except Exception:
-            log.warning("could not release the outbox lease; it expires by itself", exc_info=True)
+        await leases.release(self._sessions, LEASE_NAME, self.holder)
 
     async def _prune(self) -> None:
         loop_now = asyncio.get_running_loop().time()
