@@ -6,7 +6,8 @@ the api is no oracle for what exists. Without a valid credential: 401. Lists hol
 foreign, and no response names a tenant the principal may not see.
 
 The operations come from the running api's OpenAPI document, so a new route fails this test
-until it is classified here.
+until it is classified here. Stripe is the recorded stand-in (``tests/fixtures/stripe``), so
+top-up and payment-method routes run for real; each customer of the world gets a top-up.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from apiworld import BACKENDS, Api, World, build_world, may_see, running_api
+from fixtures.stripe.recorded_stripe import RecordedStripe
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +41,12 @@ PARAM_OBJECTS = {
     "reseller_id": ("res_a", "res_b"),
     "key_id": tuple(f"key_{t}" for t in ("res_a", "res_b", "cus_a", "cus_b", "cus_d")),
     "user_id": tuple(f"user_{t}" for t in ("res_a", "res_b", "cus_a", "cus_b", "cus_d")),
+    "attempt_id": ("topup_cus_a", "topup_cus_b", "topup_cus_d"),
 }
+# Routes whose success is not 200 for a principal that sees the object. The world's top-ups
+# are Checkout top-ups: their payment link is for auto top-ups only (409); service keys never
+# pay (403).
+GET_ANSWERS = {"/v2/topups/{attempt_id}/checkout": {"service_a": 403, "*": 409}}
 _counter = itertools.count()
 
 
@@ -49,6 +56,10 @@ def _body(method: str, path: str) -> Any:
         ("PATCH", "/v2/customers/{customer_id}"): {"low_balance_threshold": "1.00"},
         ("PATCH", "/v2/resellers/{reseller_id}"): {"timezone": "Europe/Berlin"},
         ("POST", "/v2/customers/{customer_id}/adjustments"): {"amount": "1.00", "reason": "m"},
+        ("POST", "/v2/customers/{customer_id}/topups"): {"amount": "10.00"},
+        ("POST", "/v2/customers/{customer_id}/payment-methods/setup"): {},
+        ("PUT", "/v2/customers/{customer_id}/payment-method"): {"payment_method_id": "pm_matrix"},
+        ("DELETE", "/v2/customers/{customer_id}/payment-method"): None,
         ("DELETE", "/v2/api-keys/{key_id}"): None,
     }
     return bodies[(method, path)]
@@ -80,8 +91,18 @@ def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Api, World]]:
     tmp: Path = tmp_path_factory.mktemp(f"matrix-{request.param}")
-    with running_api(tmp, request.param) as api:
-        yield api, build_world(api)
+    with RecordedStripe() as stub, running_api(tmp, request.param, stub.env()) as api:
+        world = build_world(api)
+        for customer in ("cus_a", "cus_b", "cus_d"):
+            path = f"/v2/customers/{world.objects[customer]}/topups"
+            world.objects[f"topup_{customer}"] = api.ok("POST", path, {"amount": "20.00"})["id"]
+            world.kinds[f"topup_{customer}"] = "topup"
+        yield api, world
+
+
+def visible(principal: str, obj: str) -> bool:
+    """``may_see``, and a top-up is seen by whoever sees its customer."""
+    return may_see(principal, obj.removeprefix("topup_"))
 
 
 def token(world: World, principal: str) -> str | None:
@@ -120,7 +141,8 @@ def _check_object_route(
     def call(principal: str, object_id: str) -> Any:
         url = path.replace("{" + param + "}", object_id)
         body = _body(method, path) if method != "GET" else None
-        headers = {"Idempotency-Key": f"m-{next(_counter)}"} if "adjustments" in path else {}
+        keyed = "adjustments" in path or "topups" in path
+        headers = {"Idempotency-Key": f"m-{next(_counter)}"} if keyed else {}
         return api.call(method, url, token(world, principal), body, headers=headers)
 
     for principal in PRINCIPALS:
@@ -131,8 +153,12 @@ def _check_object_route(
             what = f"{principal} {method} {path} on {obj}: {r.status_code} {r.text[:160]}"
             if principal in ("none", "revoked"):
                 tally.expect(r.status_code == 401, what)
-            elif may_see(principal, obj):
-                ok = r.status_code == 200 if method == "GET" else r.status_code not in (401, 404)
+            elif visible(principal, obj):
+                if method == "GET":
+                    answers = GET_ANSWERS.get(path, {})
+                    ok = r.status_code == answers.get(principal, answers.get("*", 200))
+                else:
+                    ok = r.status_code not in (401, 404)
                 tally.expect(ok, what)
             else:
                 tally.expect(r.status_code == ghost and ghost in (403, 404), what)
@@ -220,7 +246,13 @@ GRAPHQL_BY_CUSTOMER = {
         "mutation($id: String!, $e: String!) { processUsage(customerId: $id,"
         ' meter: "call_minutes", quantity: "1", eventId: $e) { accepted } }'
     ),
+    "createTopup": (
+        "mutation($id: String!, $e: String!) { createTopup(customerId: $id,"
+        ' amount: "10.00", idempotencyKey: $e) { id status checkoutUrl } }'
+    ),
 }
+# Fields a service key may never use, whatever it sees (FORBIDDEN).
+GRAPHQL_NOT_FOR_SERVICE = {GRAPHQL_BY_CUSTOMER["createTopup"]}
 GRAPHQL_TENANT = "query($id: String!) { tenant(id: $id) { id name } }"
 GRAPHQL_CUSTOMERS = "{ customers(first: 1000) { items { id name } } }"
 
@@ -246,7 +278,13 @@ def _check_graphql(api: Api, world: World, tally: Tally) -> None:
             continue
         errors = r.json().get("errors") or []
         codes = {e.get("extensions", {}).get("code") for e in errors}
-        if may_see(principal, obj) and not (principal == "service_a" and obj.startswith("res")):
+        if (
+            principal == "service_a"
+            and query in GRAPHQL_NOT_FOR_SERVICE
+            and may_see(principal, obj)
+        ):
+            tally.expect(codes == {"FORBIDDEN"}, what)
+        elif may_see(principal, obj) and not (principal == "service_a" and obj.startswith("res")):
             tally.expect(r.status_code == 200 and not errors, what)
         else:
             tally.expect(codes <= {"NOT_FOUND", "UNKNOWN_CUSTOMER"} and bool(codes), what)

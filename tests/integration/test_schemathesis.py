@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 
 from apiworld import BACKENDS, Api, bearer, build_world, running_api
+from fixtures.stripe.recorded_stripe import RecordedStripe
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,8 @@ def fuzz_api(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
     tmp: Path = tmp_path_factory.mktemp(f"schemathesis-{request.param}")
-    with running_api(tmp, request.param) as api:
+    # Stripe configured (the recorded stand-in), so payment routes answer for real
+    with RecordedStripe() as stub, running_api(tmp, request.param, stub.env()) as api:
         build_world(api)  # some real objects, so not every generated id is a miss
         yield api
 

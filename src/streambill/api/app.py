@@ -34,6 +34,7 @@ from streambill.api.routes import (
     health,
     resellers,
     stripe,
+    topups,
     usage,
     users,
 )
@@ -42,6 +43,8 @@ from streambill.control import db
 from streambill.control.access import Authenticator
 from streambill.control.outbox import OutboxRelay
 from streambill.control.plane import ControlPlane
+from streambill.payments.gateway import StripeConfig, StripeGateway
+from streambill.payments.reconcile import Reconciler
 from streambill.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,20 @@ def create_app(settings: Settings) -> FastAPI:
             await feed.start()
             stack.push_async_callback(feed.stop)
             stack.push_async_callback(hub.close_all)  # sockets close before the feed stops
+            stripe_config = StripeConfig.from_settings(settings)
+            gateway = StripeGateway(stripe_config) if stripe_config else None
+            if gateway is not None:
+                stack.push_async_callback(gateway.aclose)
+                # Lost webhooks: one replica (lease) lists Stripe's recent events and takes
+                # in what never arrived (payments/reconcile.py).
+                reconciler = Reconciler(
+                    control,
+                    gateway,
+                    interval_s=settings.reconcile_interval_s,
+                    lookback_s=settings.reconcile_lookback_s,
+                )
+                reconciler.start()
+                stack.push_async_callback(reconciler.stop)
             app.state.stream = StreamContext(
                 hub=hub, authenticate=control.auth.authenticate, allowed_origins=settings.origins
             )
@@ -107,6 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
                 ),
                 hub=hub,
                 feed=feed,
+                stripe=gateway,
             )
             try:
                 yield
@@ -125,7 +143,18 @@ def create_app(settings: Settings) -> FastAPI:
         default_bytes=settings.api_max_body_bytes,
         usage_bytes=settings.api_max_usage_body_bytes,
     )
-    routers = (health, auth, resellers, customers, api_keys, users, usage, stripe, admin)
+    routers = (
+        health,
+        auth,
+        resellers,
+        customers,
+        topups,
+        api_keys,
+        users,
+        usage,
+        stripe,
+        admin,
+    )
     for module in routers:
         app.include_router(module.router)
     app.include_router(graphql_router())

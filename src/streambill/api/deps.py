@@ -22,6 +22,8 @@ from streambill.control.outbox import OutboxRelay
 from streambill.control.plane import ControlPlane
 from streambill.control.principal import Principal
 from streambill.errors import Forbidden, StreambillError, Unauthorized
+from streambill.payments.checkout import Payments
+from streambill.payments.gateway import StripeGateway
 from streambill.settings import Settings
 
 SESSION_COOKIE = "streambill_session"
@@ -42,6 +44,11 @@ class ApiRuntime:
     login_limiter: RateLimiter
     hub: LiveHub
     feed: LiveFeed
+    # None while STREAMBILL_STRIPE_API_KEY is unset: payment routes answer 503 unavailable.
+    stripe: StripeGateway | None = None
+
+    def payments(self) -> Payments:
+        return Payments(self.control, self.stripe, self.settings.public_base_url)
 
     async def close_credential(self, credential_id: str) -> None:
         """A key or session ended: forget it here and close the sockets it opened."""

@@ -24,6 +24,8 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "invalid_request": 422,
     "unknown_meter": 422,
     "currency_mismatch": 422,
+    "amount_out_of_range": 422,
+    "invalid_payment_method": 422,
     "too_many_events": 413,
     "payload_too_large": 413,
     "unauthorized": 401,
@@ -35,6 +37,8 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "unavailable": 503,
     "clickhouse_unavailable": 503,
     "broker_unavailable": 503,
+    "payment_provider_error": 502,
+    "payment_provider_unavailable": 503,
 }
 _HTTP_CODES: Final[dict[int, str]] = {
     401: "unauthorized",

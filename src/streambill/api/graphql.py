@@ -1,11 +1,13 @@
 """GraphQL at ``/graphql`` (strawberry): the same operations and scope rules as REST.
 
 Queries: ``tenant(id)``, ``customers(first, after, resellerId, status)``,
-``balance(customerId)``, ``transactions(customerId, limit, beforeSeq)``. Mutation:
-``processUsage(customerId, meter, quantity, eventId, occurredAt)``. Every resolver calls the
-function its REST route calls, with the request's principal, so an object outside the scope
-is a ``NOT_FOUND`` error here exactly where REST answers 404. Errors carry the stable code in
-``extensions.code``. Money: decimal strings, and micros as ``Micros`` (a 64-bit integer).
+``balance(customerId)``, ``transactions(customerId, limit, beforeSeq)``. Mutations:
+``processUsage(customerId, meter, quantity, eventId, occurredAt)`` and
+``createTopup(customerId, amount, savePaymentMethod, idempotencyKey)`` (Stripe Checkout).
+Every resolver calls the function its REST route calls, with the request's principal, so an
+object outside the scope is a ``NOT_FOUND`` error here exactly where REST answers 404. Errors
+carry the stable code in ``extensions.code``. Money: decimal strings, and micros as
+``Micros`` (a 64-bit integer).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from streambill.api.routes.usage import accept_usage
 from streambill.api.schemas import LedgerEntryPublic
 from streambill.control import tenants
 from streambill.control.principal import Principal
-from streambill.control.schemas import TenantPublic
+from streambill.control.schemas import TenantPublic, TopupCreate, TopupPublic
 from streambill.errors import NotFound, StreambillError
+from streambill.payments import checkout
 
 T = TypeVar("T")
 MAX_PAGE = 1000
@@ -168,6 +171,37 @@ class Transaction:
 
 
 @strawberry.type
+class Topup:
+    id: str
+    customer_id: str
+    kind: str
+    status: str
+    amount: str
+    amount_micros: Micros
+    currency: str
+    checkout_url: str | None
+    checkout_session_id: str | None
+    expires_at: datetime | None
+    created_at: datetime
+
+    @staticmethod
+    def of(t: TopupPublic) -> Topup:
+        return Topup(
+            id=t.id,
+            customer_id=t.customer_id,
+            kind=t.kind,
+            status=t.status,
+            amount=t.amount,
+            amount_micros=Micros(t.amount_micros),
+            currency=t.currency,
+            checkout_url=t.checkout_url,
+            checkout_session_id=t.checkout_session_id,
+            expires_at=t.expires_at,
+            created_at=t.created_at,
+        )
+
+
+@strawberry.type
 class UsageResult:
     accepted: bool
     event_id: str
@@ -277,6 +311,34 @@ class Mutation:
             first = parsed.rejected[0]
             raise GraphQLError(first.message, extensions={"code": first.code.upper()})
         return UsageResult(accepted=True, event_id=event_id, customer_id=customer_id)
+
+    @strawberry.mutation(description="Start a Stripe Checkout top-up; pay at checkoutUrl.")
+    async def create_topup(
+        self,
+        info: Info[Context, Any],
+        customer_id: str,
+        amount: str,
+        save_payment_method: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Topup:
+        ctx = _ctx(info)
+        try:
+            body = TopupCreate(amount=amount, save_payment_method=save_payment_method)
+        except ValueError as exc:
+            raise GraphQLError(
+                f"amount must be a decimal like 20.00: {exc}",
+                extensions={"code": "INVALID_REQUEST"},
+            ) from None
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 128:
+            raise GraphQLError(
+                "idempotencyKey is 1..128 characters", extensions={"code": "INVALID_REQUEST"}
+            )
+        result, _ = await _call(
+            lambda: checkout.create_topup(
+                ctx.runtime.payments(), ctx.principal, customer_id, body, idempotency_key
+            )
+        )
+        return Topup.of(result)
 
 
 schema = strawberry.Schema(

@@ -169,6 +169,13 @@ class CustomerUpdate(_In):
     )
 
 
+class PaymentMethodPublic(BaseModel):
+    label: str = Field(
+        description="How the customer recognises it (brand and last four digits); never more.",
+        examples=["Visa •••• 4242", "SEPA •••• 3000"],
+    )
+
+
 class TenantPublic(BaseModel):
     id: str
     kind: Literal["reseller", "customer"]
@@ -190,6 +197,9 @@ class TenantPublic(BaseModel):
     payout_iban: str | None
     payout_bic: str | None
     payout_email: str | None
+    payment_method: PaymentMethodPublic | None = Field(
+        default=None, description="The payment method saved for auto top-up (customers)."
+    )
     version: int
     created_at: datetime
     updated_at: datetime
@@ -319,6 +329,89 @@ class AdjustmentPublic(BaseModel):
     reason: str
     actor: str
     created_at: datetime
+
+
+ReturnUrl = Annotated[str, Field(min_length=10, max_length=2048, pattern=r"^https?://[^\s]+$")]
+TopupKind = Literal["auto", "checkout"]
+TopupStatus = Literal[
+    "pending", "unknown", "open", "processing", "requires_action", "succeeded", "failed", "expired"
+]
+
+
+class TopupCreate(_In):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"amount": "20.00", "save_payment_method": True}]},
+    )
+
+    amount: str = Field(
+        pattern=r"^[0-9]{1,12}(\.[0-9]{1,6})?$",
+        description="Major units, whole cents, within the currency's top-up limits.",
+        examples=["20.00"],
+    )
+    save_payment_method: bool = Field(
+        default=False, description="Keep the card or mandate for auto top-up (off-session)."
+    )
+    success_url: ReturnUrl | None = Field(
+        default=None, description="Where Stripe sends the customer after paying."
+    )
+    cancel_url: ReturnUrl | None = Field(
+        default=None, description="Where Stripe sends the customer who cancels."
+    )
+
+
+class TopupPublic(BaseModel):
+    id: str
+    customer_id: str
+    kind: TopupKind
+    number: int
+    status: TopupStatus
+    amount: str
+    amount_micros: int
+    currency: str
+    checkout_url: str | None = Field(
+        description="The Stripe Checkout page of a Checkout top-up (while it is open)."
+    )
+    checkout_session_id: str | None
+    expires_at: datetime | None = Field(description="When the Checkout Session expires.")
+    payment_intent_id: str | None
+    failure_code: str | None
+    action_url: str | None = Field(
+        description="An auto top-up that needs the customer: the link that pays it in Checkout."
+    )
+    created_at: datetime
+    updated_at: datetime
+    credited_at: datetime | None
+
+
+class CheckoutLink(BaseModel):
+    checkout_url: str
+    checkout_session_id: str
+    expires_at: datetime | None
+
+
+class PaymentMethodSetup(_In):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"success_url": "https://app.example.com/billing"}]},
+    )
+
+    success_url: ReturnUrl | None = None
+    cancel_url: ReturnUrl | None = None
+
+
+class PaymentMethodSet(_In):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"payment_method_id": "pm_1PgT2sLkdIwHu7ix"}]},
+    )
+
+    payment_method_id: str = Field(
+        min_length=3,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="A Stripe PaymentMethod (from a SetupIntent confirmed with Stripe.js).",
+    )
 
 
 class Page(BaseModel, Generic[T]):

@@ -52,10 +52,15 @@ _CUSTOMER_SELF_FIELDS = frozenset({"auto_topup", "low_balance_threshold"})
 
 
 def public(tenant: Tenant) -> TenantPublic:
+    saved = tenant.payment_method_id is not None
     return TenantPublic.model_validate(
         {
             **{c: getattr(tenant, c) for c in TenantPublic.model_fields if hasattr(tenant, c)},
             "reseller_id": tenant.parent_id,
+            # the label only: the Stripe ids stay inside streambill
+            "payment_method": (
+                {"label": tenant.payment_method_label or "saved payment method"} if saved else None
+            ),
         }
     )
 

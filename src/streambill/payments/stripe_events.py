@@ -171,7 +171,11 @@ _HANDLERS = {
     "charge.dispute.created": _dispute_created,
     "charge.dispute.closed": _dispute_closed,
 }
+# Every type the webhook acts on (money, attempts, saved payment methods): what the
+# reconciler takes in when its webhook never arrived.
 HANDLED_TYPES: Final = frozenset(_HANDLERS) | {
     "checkout.session.async_payment_failed",
+    "checkout.session.expired",
     "payment_intent.payment_failed",
+    "setup_intent.succeeded",
 }

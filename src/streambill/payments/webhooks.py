@@ -1,24 +1,55 @@
 """Taking in a verified Stripe webhook, exactly once.
 
-The Stripe event id is written to ``stripe_events`` in the same transaction as the outbox rows
-of the payment events it became. A redelivery finds the id and changes nothing; two deliveries
+The Stripe event id is written to ``stripe_events`` in the same transaction as everything the
+event changes: the outbox rows of the payment events it became, the top-up attempt it settles,
+the payment method it saved. A redelivery finds the id and changes nothing; two deliveries
 racing each other collide on the primary key, and the loser answers like a redelivery. The
 payment event ids (see :mod:`.stripe_events`) make a second line of defence in the worker.
+
+Besides money (only ever from :func:`~.stripe_events.payment_events`):
+
+- a Checkout top-up's session (``metadata.attempt_id``) moves its attempt: ``completed``
+  and paid -> ``succeeded``, completed but unpaid (SEPA) -> ``processing``,
+  ``async_payment_succeeded`` -> ``succeeded``, ``async_payment_failed`` -> ``failed``,
+  ``expired`` -> ``expired`` (a Checkout top-up still open; an auto top-up keeps its state,
+  its link makes a new session). A succeeded attempt never goes back.
+- a completed setup-mode session, or ``setup_intent.succeeded`` with
+  ``metadata.customer_id``, saves the payment method for auto top-up. Its label needs two
+  Stripe reads, made before the transaction; Stripe unreachable answers 503 (Stripe retries).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
 
 import orjson
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 
-from streambill.control.models import StripeEvent
+from streambill.control.models import StripeEvent, Tenant, TopupAttempt
 from streambill.control.outbox import enqueue
 from streambill.control.plane import ControlPlane
-from streambill.errors import InvalidEvent
+from streambill.errors import InvalidEvent, StreambillError
+from streambill.payments.checkout import (
+    PaymentProviderUnavailable,
+    keep_payment_method,
+    payment_method_label,
+)
+from streambill.payments.gateway import StripeGateway, StripeProblem, StripeUnreachable
 from streambill.payments.stripe_events import payment_events
 from streambill.streams.topics import PAYMENTS
+
+log = logging.getLogger(__name__)
+
+_SESSION_STATUS: Final = {
+    "checkout.session.async_payment_succeeded": "succeeded",
+    "checkout.session.async_payment_failed": "failed",
+    "checkout.session.expired": "expired",
+}
 
 
 def decode_event(payload: bytes) -> dict[str, Any]:
@@ -33,10 +64,142 @@ def decode_event(payload: bytes) -> dict[str, Any]:
     return event
 
 
-async def take_in(cp: ControlPlane, event: dict[str, Any]) -> tuple[bool, int]:
-    """Record the event and queue its payment events: (new, number of payment events).
-    ``new`` is False for a delivery of an event already taken in."""
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """What a Checkout event says about a top-up attempt."""
+
+    attempt_id: str
+    customer_id: str
+    status: str
+    session_id: str | None
+    payment_intent_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SetupDone:
+    """A payment method a customer saved: where to find it at Stripe."""
+
+    customer_id: str
+    stripe_customer: str | None
+    setup_intent_id: str | None
+    payment_method_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedMethod:
+    customer_id: str
+    stripe_customer: str | None
+    payment_method_id: str
+    label: str
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def _object(event: dict[str, Any]) -> dict[str, Any]:
+    return _dict((event.get("data") or {}).get("object"))
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def attempt_outcome(event: dict[str, Any]) -> AttemptOutcome | None:
+    """The attempt status a Checkout Session event stands for (None: not a top-up's).
+
+    >>> attempt_outcome({"type": "checkout.session.completed", "data": {"object": {
+    ...     "id": "cs_1", "mode": "payment", "payment_status": "unpaid",
+    ...     "payment_intent": "pi_1",
+    ...     "metadata": {"attempt_id": "co_c_1", "customer_id": "c"}}}}).status
+    'processing'
+    """
+    kind = event.get("type")
+    session = _object(event)
+    metadata = _dict(session.get("metadata"))
+    attempt_id = _text(metadata.get("attempt_id"))
+    customer_id = _text(metadata.get("customer_id"))
+    if attempt_id is None or customer_id is None or session.get("mode") != "payment":
+        return None
+    if kind == "checkout.session.completed":
+        status = "succeeded" if session.get("payment_status") == "paid" else "processing"
+    elif isinstance(kind, str) and kind in _SESSION_STATUS:
+        status = _SESSION_STATUS[kind]
+    else:
+        return None
+    return AttemptOutcome(
+        attempt_id, customer_id, status, _text(session), _text(session.get("payment_intent"))
+    )
+
+
+def setup_done(event: dict[str, Any]) -> SetupDone | None:
+    """A payment method saved through a setup-mode Checkout or a SetupIntent of ours."""
+    kind = event.get("type")
+    obj = _object(event)
+    metadata = _dict(obj.get("metadata"))
+    customer_id = _text(metadata.get("customer_id"))
+    if customer_id is None:
+        return None
+    if kind == "checkout.session.completed" and obj.get("mode") == "setup":
+        intent = _text(obj.get("setup_intent"))
+        if intent is None:
+            raise InvalidEvent("a completed setup session without its setup_intent")
+        return SetupDone(customer_id, _text(obj.get("customer")), intent, None)
+    if kind == "setup_intent.succeeded":
+        pm = _text(obj.get("payment_method"))
+        if pm is None:
+            raise InvalidEvent("a succeeded setup intent without a payment_method")
+        return SetupDone(customer_id, _text(obj.get("customer")), None, pm)
+    return None
+
+
+async def _seen(cp: ControlPlane, event_id: str) -> bool:
+    async with cp.sessions() as session:
+        return await session.get(StripeEvent, event_id) is not None
+
+
+async def _look_up(gateway: StripeGateway | None, done: SetupDone) -> SavedMethod | None:
+    """The payment method and its label, read from Stripe (before any transaction)."""
+    if gateway is None:
+        raise StreambillError(
+            "Stripe is not configured: cannot read the payment method", code="unavailable"
+        )
+    try:
+        pm_id = done.payment_method_id
+        if pm_id is None and done.setup_intent_id is not None:
+            intent = await gateway.setup_intent(done.setup_intent_id)
+            pm_id = _text(intent.get("payment_method"))
+            if intent.get("status") != "succeeded" or pm_id is None:
+                log.warning(
+                    "setup intent %s is %s: nothing saved", intent.get("id"), intent.get("status")
+                )
+                return None
+        if pm_id is None:
+            return None
+        pm = await gateway.payment_method(pm_id)
+    except StripeUnreachable as exc:
+        raise PaymentProviderUnavailable(f"Stripe did not answer: {exc}") from exc
+    except StripeProblem as exc:  # gone or not ours: retrying will not help
+        log.warning("customer %s: payment method not readable: %s", done.customer_id, exc)
+        return None
+    return SavedMethod(done.customer_id, done.stripe_customer, pm_id, payment_method_label(pm))
+
+
+async def take_in(
+    cp: ControlPlane, event: dict[str, Any], gateway: StripeGateway | None = None
+) -> tuple[bool, int]:
+    """Record the event and apply it: (new, number of payment events). ``new`` is False for a
+    delivery of an event already taken in."""
     payments = payment_events(event)  # raises InvalidEvent before anything is written
+    outcome = attempt_outcome(event)
+    setup = setup_done(event)
+    saved: SavedMethod | None = None
+    if setup is not None:
+        if await _seen(cp, event["id"]):
+            return False, 0  # no Stripe reads for a redelivery
+        saved = await _look_up(gateway, setup)
     now = cp.clock()
     try:
         async with cp.sessions.begin() as session:
@@ -50,8 +213,71 @@ async def take_in(cp: ControlPlane, event: dict[str, Any]) -> tuple[bool, int]:
             await session.flush()
             for payment in payments:
                 enqueue(session, PAYMENTS, payment["customer_id"], payment, now)
+            if outcome is not None:
+                await _settle(session, outcome, bool(payments), now)
+            if saved is not None:
+                await _save(session, saved, event["id"], now)
     except IntegrityError:
         return False, 0  # a concurrent delivery of the same event won
     if payments:
         cp.on_outbox()
     return True, len(payments)
+
+
+async def _settle(session: SqlSession, outcome: AttemptOutcome, paid: bool, now: datetime) -> None:
+    attempt = await session.get(TopupAttempt, outcome.attempt_id, with_for_update=True)
+    if attempt is None or attempt.customer_id != outcome.customer_id:
+        log.warning("checkout event for unknown top-up %s", outcome.attempt_id)
+        return
+    if attempt.status == "succeeded":
+        return  # settled: a late or repeated announcement changes nothing
+    if outcome.status == "expired":
+        current = attempt.checkout_session_id in (None, outcome.session_id)
+        if (
+            attempt.kind == "checkout"
+            and current
+            and attempt.status in ("pending", "unknown", "open")
+        ):
+            attempt.status = "expired"
+            attempt.updated_at = now
+        return
+    if outcome.session_id is not None and attempt.kind == "checkout":
+        attempt.checkout_session_id = outcome.session_id
+    intent = outcome.payment_intent_id
+    if intent is not None and intent != attempt.payment_intent_id:
+        taken = await session.scalar(
+            select(TopupAttempt.id).where(TopupAttempt.payment_intent_id == intent)
+        )
+        if taken is None:
+            attempt.payment_intent_id = intent
+            attempt.intent_at = attempt.intent_at or now
+    attempt.status = outcome.status
+    attempt.next_check_at = None
+    attempt.updated_at = now
+    if outcome.status == "failed":
+        attempt.failure_code = "async_payment_failed"
+        attempt.failure_message = "the delayed payment (SEPA Direct Debit) failed"
+    elif outcome.status == "succeeded":
+        attempt.failure_code = attempt.failure_message = None
+        if paid:
+            attempt.emitted_at = attempt.emitted_at or now  # its payment event is in the outbox
+
+
+async def _save(session: SqlSession, saved: SavedMethod, event_id: str, now: datetime) -> None:
+    tenant = await session.get(Tenant, saved.customer_id, with_for_update=True)
+    if tenant is None or tenant.kind != "customer":
+        log.warning("payment method for unknown customer %s", saved.customer_id)
+        return
+    if saved.stripe_customer and tenant.stripe_customer_id not in (None, saved.stripe_customer):
+        log.warning(
+            "customer %s: payment method of Stripe customer %s ignored (ours is %s)",
+            tenant.id,
+            saved.stripe_customer,
+            tenant.stripe_customer_id,
+        )
+        return
+    if saved.stripe_customer and tenant.stripe_customer_id is None:
+        tenant.stripe_customer_id = saved.stripe_customer
+    keep_payment_method(
+        session, tenant, saved.payment_method_id, saved.label, now, f"stripe:{event_id}"
+    )

@@ -3,7 +3,8 @@
 No bearer key: the ``Stripe-Signature`` header authenticates the request. 200 for every
 verified event (also ones that move no money, and repeats), 400 ``invalid_signature`` for a
 forged, tampered, expired or future-dated request, 422 for a verified body that is not a
-Stripe event of a known shape (Stripe keeps it and retries; the log says why).
+Stripe event of a known shape (Stripe keeps it and retries; the log says why), 503 when an
+event that saves a payment method cannot be read back from Stripe (Stripe retries).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ async def stripe_webhook(request: Request, runtime: Runtime) -> WebhookAnswer:
         log.warning("stripe webhook refused: %s", exc.message)
         raise
     event = decode_event(payload)
-    new, payments = await take_in(runtime.control, event)
+    new, payments = await take_in(runtime.control, event, runtime.stripe)
     log.info(
         "stripe webhook",
         extra={
