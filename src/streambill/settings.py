@@ -41,6 +41,23 @@ class Settings(BaseSettings):
     stripe_api_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
+    # One Stripe call's timeout; a call that runs out is looked up before it is retried.
+    stripe_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # Where customers reach the api from outside (links in alerts, Checkout return pages);
+    # unset: http://API_HOST:API_PORT.
+    public_url: str | None = None
+    # Auto top-up (the worker's agent; needs STRIPE_API_KEY). Cooldown between two
+    # attempts of one customer, attempts per customer per UTC day, the first backoff after a
+    # decline (doubling with each further one), and how many declines in a row turn it off.
+    autotopup: bool = True
+    autotopup_cooldown_s: float = Field(default=60.0, ge=0)
+    autotopup_daily_max: int = Field(default=5, ge=1, le=100)
+    autotopup_backoff_s: float = Field(default=900.0, ge=0)
+    autotopup_max_failures: int = Field(default=3, ge=1, le=20)
+    # The reconciler (api, lease-holding replica): how often it lists Stripe's recent events
+    # and how far back. The lookback stays inside the balances agent's dedup window.
+    reconcile_interval_s: float = Field(default=300.0, gt=0)
+    reconcile_lookback_s: int = Field(default=3 * 24 * 3600, ge=60, le=7 * 24 * 3600)
     # Python's cyclic GC runs a young-generation pass every this many allocations in the
     # worker and the api (CPython's default is 700); 0 keeps the interpreter's default.
     gc_gen0_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
@@ -97,7 +114,14 @@ class Settings(BaseSettings):
     sink_flush_interval_s: float = Field(default=1.0, gt=0)
 
     @field_validator(
-        "kafka_bootstrap", "clickhouse_url", "database_url", "admin_api_key", "allowed_origins"
+        "kafka_bootstrap",
+        "clickhouse_url",
+        "database_url",
+        "admin_api_key",
+        "allowed_origins",
+        "stripe_api_key",
+        "stripe_api_base",
+        "public_url",
     )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
@@ -145,6 +169,10 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def public_base_url(self) -> str:
+        return (self.public_url or self.api_url).rstrip("/")
 
     @property
     def stripe_webhook_secrets(self) -> list[str]:

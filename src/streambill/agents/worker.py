@@ -21,6 +21,7 @@ from streambill.agents import balances as balances_agent
 from streambill.agents import snapshots
 from streambill.agents.accounts import AccountCache
 from streambill.agents.app import BytesKeyed, Tables, create_faust_app, create_tables, tables_dir
+from streambill.agents.autotopup import AutoTopupAgent, payment_publisher
 from streambill.agents.balances import BalancesRuntime
 from streambill.agents.consumer import StreambillConsumer
 from streambill.agents.follower import ChangelogFollower
@@ -28,9 +29,13 @@ from streambill.agents.metrics import ACCOUNTS_KNOWN
 from streambill.agents.positions import TP, BrokerOffsets, SourcePositions
 from streambill.agents.publisher import CHANGELOGS, Publisher
 from streambill.agents.source import SourceReader
+from streambill.control import db
 from streambill.engine.balances import BalanceEngine
 from streambill.gctune import apply_gc_threshold
 from streambill.malloc import limit_arenas
+from streambill.payments import policy
+from streambill.payments.autotopup import AutoTopups
+from streambill.payments.gateway import StripeConfig, StripeGateway
 from streambill.settings import Settings
 from streambill.streams import topics
 
@@ -52,9 +57,10 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     # and the agents' batches must neither wait for a seal nor fail with one.
     sealer = Publisher(settings.bootstrap, idempotence=settings.kafka_idempotence)
     app.streambill_sealer = sealer  # type: ignore[attr-defined]
+    account_cache = AccountCache(BytesKeyed(tables.accounts.data))
     engine = BalanceEngine(
         partitions=settings.topic_partitions,
-        accounts=AccountCache(BytesKeyed(tables.accounts.data)),
+        accounts=account_cache,
         balances=BytesKeyed(tables.balances.data),
         dedup=BytesKeyed(tables.dedup.data),
         unknown_customer_retry_s=settings.unknown_customer_retry_s,
@@ -186,6 +192,19 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
                         continue
                     await p.nudge(TP(tp.topic, tp.partition), highwater)
 
+    autotopup = build_autotopup(settings, account_cache)
+    app.streambill_autotopup = autotopup  # type: ignore[attr-defined]
+    if autotopup is not None:
+        agent = autotopup
+
+        @app.task
+        async def autotopup_agent() -> None:
+            await agent.run(owned, ready)
+
+        @app.task
+        async def autotopup_resolver() -> None:
+            await agent.resolve_forever(ready)
+
     @app.task
     async def follow_accounts() -> None:
         await follower.run(cast(Any, app.tables).recovery.completed.wait())
@@ -282,6 +301,42 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
 
     app.streambill_owned = owned  # type: ignore[attr-defined]
     return app, runtime
+
+
+def build_autotopup(settings: Settings, accounts: AccountCache) -> AutoTopupAgent | None:
+    """The auto top-up agent, when Stripe is configured and auto top-up is not switched off."""
+    config = StripeConfig.from_settings(settings)
+    if config is None or not settings.autotopup:
+        log.info("auto top-up off (%s)", "no STRIPE_API_KEY" if config is None else "AUTOTOPUP=0")
+        return None
+    sessions = db.session_factory(db.open_engine(settings.control_db_url))
+    # Its own producer: the balances agent's must never flush or see its errors.
+    payments_out = Publisher(settings.bootstrap, idempotence=settings.kafka_idempotence)
+    service = AutoTopups(
+        sessions,
+        StripeGateway(config),
+        payment_publisher(payments_out, settings.topic_partitions),
+        policy.Limits(
+            cooldown_s=settings.autotopup_cooldown_s,
+            daily_max=settings.autotopup_daily_max,
+            backoff_s=settings.autotopup_backoff_s,
+            max_failures=settings.autotopup_max_failures,
+        ),
+        public_url=settings.public_base_url,
+    )
+
+    def threshold_of(customer_id: str) -> int | None:
+        account = accounts.get(customer_id)
+        return account.autotopup_threshold_micros if account is not None else None
+
+    return AutoTopupAgent(
+        settings.bootstrap,
+        sessions,
+        service,
+        threshold_of,
+        fetch_wait_ms=settings.fetch_max_wait_ms,
+        publisher=payments_out,
+    )
 
 
 def changelog_ends(bootstrap: str, topic: str, partitions: set[int]) -> dict[int, int]:
@@ -403,4 +458,7 @@ def run_worker(settings: Settings) -> int:
         reader = getattr(app, "streambill_reader", None)
         if reader is not None:
             reader.close()
+        autotopup = getattr(app, "streambill_autotopup", None)
+        if autotopup is not None:
+            autotopup.close()
     return code

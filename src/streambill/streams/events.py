@@ -428,6 +428,8 @@ class AccountView:
     status: str
     price_map: dict[str, Decimal]
     low_threshold_micros: int
+    # The auto top-up threshold when auto top-up is on, else None.
+    autotopup_threshold_micros: int | None = None
 
 
 _PRICE_MAPS: dict[tuple[tuple[str, str], ...], dict[str, Decimal]] = {}
@@ -450,4 +452,9 @@ def account_view(account: AccountEvent) -> AccountView:
         account.status,
         shared,
         account.low_threshold_micros,
+        (
+            to_micros(account.auto_topup.threshold, field="auto_topup.threshold")
+            if account.auto_topup is not None and account.auto_topup.enabled
+            else None
+        ),
     )
