@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final
 
+import httpx
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message
 
@@ -39,6 +40,7 @@ from streambill.loadgen.kafka import (
     usage_offsets,
 )
 from streambill.loadgen.stats import BenchFigures, bench_result
+from streambill.loadgen.topups import TopupBenchError, run_topups
 from streambill.loadgen.traffic import Pacer
 from streambill.loadgen.workers import worker_memory
 from streambill.settings import Settings
@@ -242,7 +244,9 @@ def _measure(
     return partitions, throughput_s, baseline_runs, latencies_ms
 
 
-def run_bench(settings: Settings, *, events: int, rate: float, customers: int) -> int:
+def run_bench(
+    settings: Settings, *, events: int, rate: float, customers: int, topups: int = 0
+) -> int:
     """Run every phase against the running stack; print the result as the last stdout line."""
     if events < 1 or rate <= 0 or customers < 1:
         _progress("need --events >= 1, --rate > 0 and --customers >= 1")
@@ -257,6 +261,17 @@ def run_bench(settings: Settings, *, events: int, rate: float, customers: int) -
         _progress(f"FAILED: {exc}")
         log.error("bench %s failed: %s", run_id, exc)
         return 1
+    topup_figures: dict[str, object] = {}
+    if topups > 0:
+        try:
+            topup_figures = run_topups(settings, run_id, topups, _progress)
+        except (TopupBenchError, KafkaException, httpx.HTTPError) as exc:
+            _progress(f"FAILED (top-ups): {exc}")
+            return 1
+        _progress(
+            f"top-ups: crossing -> credited p50 {topup_figures['topup_latency_p50_ms']} ms, "
+            f"p99 {topup_figures['topup_latency_p99_ms']} ms"
+        )
     memory = worker_memory(settings.worker_port, settings.data_dir)
     figures = BenchFigures(
         events=events,
@@ -271,6 +286,7 @@ def run_bench(settings: Settings, *, events: int, rate: float, customers: int) -
         duration_s=time.monotonic() - started,
         run_id=run_id,
     )
-    sys.stdout.write(orjson.dumps(bench_result(figures)).decode() + "\n")
+    result = {**bench_result(figures), **topup_figures}
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
     sys.stdout.flush()
     return 0

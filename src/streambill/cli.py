@@ -64,11 +64,19 @@ def demo(customers: int, rate: float, events: int, seed: int) -> None:
     "--rate", default=2000.0, show_default=True, help="Offered rate of the latency phase."
 )
 @click.option("--customers", default=100_000, show_default=True, help="Distinct customers.")
-def bench(events: int, rate: float, customers: int) -> None:
+@click.option(
+    "--topups",
+    default=0,
+    show_default=True,
+    help="Also measure N auto top-ups (needs Stripe or localstripe configured).",
+)
+def bench(events: int, rate: float, customers: int, topups: int) -> None:
     """Measure the running stack; the last line printed is one JSON object."""
     from streambill.bench import run_bench
 
-    raise SystemExit(run_bench(load_settings(), events=events, rate=rate, customers=customers))
+    raise SystemExit(
+        run_bench(load_settings(), events=events, rate=rate, customers=customers, topups=topups)
+    )
 
 
 if __name__ == "__main__":
