@@ -14,12 +14,12 @@ from streambill.errors import InvalidEvent, StreambillError
 from streambill.payments.checkout import (
     CHECKOUT_TTL,
     AmountOutOfRange,
-    Payments,
     check_amount,
-    payment_method_label,
     payment_session_params,
     topup_public,
 )
+from streambill.payments.methods import payment_method_label
+from streambill.payments.payer import Payments
 from streambill.payments.webhooks import attempt_outcome, setup_done
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)

@@ -22,8 +22,8 @@ from streambill.control.outbox import OutboxRelay
 from streambill.control.plane import ControlPlane
 from streambill.control.principal import Principal
 from streambill.errors import Forbidden, StreambillError, Unauthorized
-from streambill.payments.checkout import Payments
 from streambill.payments.gateway import StripeGateway
+from streambill.payments.payer import Payments
 from streambill.settings import Settings
 
 SESSION_COOKIE = "streambill_session"

@@ -1,5 +1,5 @@
-"""Checkout top-ups and saved payment methods: the operations behind the top-up routes, the
-payment-method routes and GraphQL's ``createTopup``.
+"""Checkout top-ups: the operations behind the top-up routes and GraphQL's ``createTopup``.
+Saved payment methods are in :mod:`.methods`; who may pay, in :mod:`.payer`.
 
 A top-up is recorded before Stripe hears of it, like an auto top-up (:mod:`.autotopup`):
 
@@ -26,34 +26,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 
-from streambill.control.models import AuditRecord, Tenant, TopupAttempt
+from streambill.control.models import Tenant, TopupAttempt
 from streambill.control.plane import ControlPlane, audit, page_by_id
 from streambill.control.principal import Principal
-from streambill.control.schemas import (
-    CheckoutLink,
-    Page,
-    PaymentMethodSetup,
-    TopupCreate,
-    TopupPublic,
-)
+from streambill.control.schemas import Page, TopupCreate, TopupPublic
 from streambill.domain.money import MICROS_PER_UNIT, format_micros, parse_decimal, to_micros
-from streambill.errors import Conflict, Forbidden, NotFound, StreambillError
-from streambill.payments.gateway import (
-    StripeDeclined,
-    StripeGateway,
-    StripeProblem,
-    StripeRejected,
-    StripeUnreachable,
-)
+from streambill.errors import Conflict, NotFound, StreambillError
+from streambill.payments.gateway import StripeProblem, StripeUnreachable
+from streambill.payments.payer import Payments, payer, stripe_customer, stripe_failure
 from streambill.payments.stripe_events import MINOR_UNITS
 
 log = logging.getLogger(__name__)
@@ -71,43 +57,11 @@ CHECKOUT_TTL: Final = timedelta(hours=12)
 CHECKOUT_MIN_LEFT: Final = timedelta(minutes=35)
 PRODUCT_NAME: Final = "Guthaben-Aufladung / Top-up"
 RECORD_TRIES: Final = 5
-SAVEABLE_TYPES: Final = frozenset({"card", "sepa_debit"})
 OPEN_STATES: Final = ("pending", "unknown")
 
 
 class AmountOutOfRange(StreambillError):
     code = "amount_out_of_range"
-
-
-class PaymentProviderUnavailable(StreambillError):
-    """Stripe did not answer: the call may have taken effect; retry with the same key."""
-
-    code = "payment_provider_unavailable"
-
-
-class PaymentProviderError(StreambillError):
-    """Stripe refused a request streambill made (a configuration problem or a bug)."""
-
-    code = "payment_provider_error"
-
-
-class InvalidPaymentMethod(StreambillError):
-    code = "invalid_payment_method"
-
-
-@dataclass(frozen=True)
-class Payments:
-    """What the operations share: the control plane, Stripe (None: not configured) and the
-    address customers come back to."""
-
-    cp: ControlPlane
-    gateway: StripeGateway | None
-    public_url: str
-
-    def stripe(self) -> StripeGateway:
-        if self.gateway is None:
-            raise StreambillError("Stripe is not configured", code="unavailable")
-        return self.gateway
 
 
 # Pure parts
@@ -155,28 +109,6 @@ def payment_method_types(currency: str) -> list[str]:
     (['card', 'sepa_debit'], ['card'])
     """
     return ["card", "sepa_debit"] if currency == "EUR" else ["card"]
-
-
-def payment_method_label(pm: dict[str, Any]) -> str:
-    """What a customer recognises a payment method by; nothing more leaves Stripe.
-
-    >>> payment_method_label({"type": "card", "card": {"brand": "visa", "last4": "4242"}})
-    'Visa •••• 4242'
-    >>> payment_method_label({"type": "sepa_debit", "sepa_debit": {"last4": "3000"}})
-    'SEPA •••• 3000'
-    """
-    kind = str(pm.get("type") or "")
-    found = pm.get(kind)
-    details: dict[str, Any] = found if isinstance(found, dict) else {}
-    last4 = str(details.get("last4") or "")[-4:]
-    if kind == "card":
-        brand = str(details.get("brand") or "card")
-        name = {"amex": "American Express", "mastercard": "Mastercard"}.get(brand, brand.title())
-    elif kind == "sepa_debit":
-        name = "SEPA"
-    else:
-        name = kind.replace("_", " ").title() or "Payment method"
-    return f"{name} •••• {last4}" if last4 else name
 
 
 def topup_key(customer_id: str, request_key: str) -> str:
@@ -263,50 +195,6 @@ def topup_public(row: TopupAttempt) -> TopupPublic:
     )
 
 
-def _stripe_failure(exc: StripeProblem, what: str) -> StreambillError:
-    if isinstance(exc, StripeUnreachable):
-        return PaymentProviderUnavailable(f"Stripe did not answer ({what}); retry later")
-    return PaymentProviderError(f"Stripe refused {what}: {exc}")
-
-
-# Who may pay
-async def payer(cp: ControlPlane, p: Principal, customer_id: str) -> Tenant:
-    """The customer whose money this is, if the principal may act for it: 404 outside the
-    scope, 403 for service keys, 409 for a closed account."""
-    async with cp.sessions() as session:
-        tenant = await session.get(Tenant, customer_id)
-    if (
-        tenant is None
-        or tenant.kind != "customer"
-        or not p.sees_customer(tenant.id, tenant.parent_id)
-    ):
-        raise NotFound(f"customer {customer_id!r} not found")
-    if p.role == "service":
-        raise Forbidden("service keys do not pay or manage payment methods")
-    if tenant.status == "closed":
-        raise Conflict(f"customer {customer_id!r} is closed")
-    return tenant
-
-
-async def stripe_customer(pay: Payments, tenant: Tenant) -> str:
-    """The tenant's Stripe customer, made on first use (one, however many ask at once)."""
-    if tenant.stripe_customer_id:
-        return tenant.stripe_customer_id
-    try:
-        made = await pay.stripe().create_customer(tenant.id, tenant.name, f"customer:{tenant.id}")
-    except StripeProblem as exc:
-        raise _stripe_failure(exc, "to create the customer") from exc
-    async with pay.cp.sessions.begin() as session:
-        row = await session.get(Tenant, tenant.id, with_for_update=True)
-        if row is None:
-            raise NotFound(f"customer {tenant.id!r} not found")
-        if row.stripe_customer_id is None:
-            row.stripe_customer_id = str(made["id"])
-        stored = row.stripe_customer_id
-    tenant.stripe_customer_id = stored
-    return stored
-
-
 # Top-ups
 async def create_topup(
     pay: Payments,
@@ -354,7 +242,7 @@ async def create_topup(
         status = "unknown" if isinstance(exc, StripeUnreachable) else "failed"
         await _update(pay.cp, attempt.id, status=status, problem=exc)
         log.warning("top-up %s: checkout session not made: %s", attempt.id, exc)
-        raise _stripe_failure(exc, "the checkout session") from exc
+        raise stripe_failure(exc, "the checkout session") from exc
     row = await _update(
         pay.cp,
         attempt.id,
@@ -507,7 +395,7 @@ async def checkout_link(pay: Payments, p: Principal, attempt_id: str) -> str:
             params, f"checkout:{row.id}:after:{previous or 'none'}"
         )
     except StripeProblem as exc:
-        raise _stripe_failure(exc, "the checkout session") from exc
+        raise stripe_failure(exc, "the checkout session") from exc
     async with pay.cp.sessions.begin() as session:
         locked = await session.get(TopupAttempt, attempt_id, with_for_update=True)
         if locked is not None and locked.checkout_session_id == previous:
@@ -515,117 +403,3 @@ async def checkout_link(pay: Payments, p: Principal, attempt_id: str) -> str:
             locked.updated_at = now
         audit(session, now, p, "topup.checkout", row.customer_id, {"attempt_id": row.id})
     return str(made["url"])
-
-
-# Saved payment methods
-async def setup_session(
-    pay: Payments,
-    p: Principal,
-    customer_id: str,
-    body: PaymentMethodSetup,
-    idempotency_key: str | None,
-) -> CheckoutLink:
-    """A Checkout Session in setup mode: the customer saves a card or a SEPA mandate; the
-    ``checkout.session.completed`` webhook stores it."""
-    tenant = await payer(pay.cp, p, customer_id)
-    gateway = pay.stripe()
-    sc = await stripe_customer(pay, tenant)
-    metadata = {"customer_id": tenant.id, "purpose": "payment_method"}
-    if tenant.parent_id:
-        metadata["reseller_id"] = tenant.parent_id
-    back = f"{pay.public_url}/v2/customers/{tenant.id}"
-    expires_at = pay.cp.clock() + CHECKOUT_TTL
-    params = {
-        "mode": "setup",
-        "customer": sc,
-        "currency": tenant.currency.lower(),
-        "payment_method_types": payment_method_types(tenant.currency),
-        "metadata": metadata,
-        "setup_intent_data": {"metadata": metadata},
-        "success_url": body.success_url or f"{back}?setup=success",
-        "cancel_url": body.cancel_url or f"{back}?setup=cancel",
-        "expires_at": int(expires_at.timestamp()),
-    }
-    raw = idempotency_key or secrets.token_urlsafe(18)
-    key = "setup:" + hashlib.sha256(f"{tenant.id}\x00{raw}".encode()).hexdigest()[:40]
-    try:
-        made = await gateway.create_checkout_session(params, key)
-    except StripeProblem as exc:
-        raise _stripe_failure(exc, "the setup session") from exc
-    return CheckoutLink(
-        checkout_url=str(made["url"]),
-        checkout_session_id=str(made["id"]),
-        expires_at=expires_at,
-    )
-
-
-async def set_payment_method(
-    pay: Payments, p: Principal, customer_id: str, payment_method_id: str
-) -> str:
-    """Attach a payment method (confirmed in the browser with Stripe.js) to the customer's
-    Stripe customer and keep it for auto top-up. Returns its label."""
-    tenant = await payer(pay.cp, p, customer_id)
-    gateway = pay.stripe()
-    sc = await stripe_customer(pay, tenant)
-    try:
-        pm = await gateway.payment_method(payment_method_id)
-        owner = pm.get("customer")
-        owner = owner.get("id") if isinstance(owner, dict) else owner
-        if owner not in (None, sc):
-            raise InvalidPaymentMethod("this payment method belongs to another customer")
-        if pm.get("type") not in SAVEABLE_TYPES:
-            raise InvalidPaymentMethod(f"auto top-up takes cards and SEPA, not {pm.get('type')}")
-        if owner is None:
-            pm = await gateway.attach_payment_method(payment_method_id, sc)
-    except (StripeRejected, StripeDeclined) as exc:
-        raise InvalidPaymentMethod(f"Stripe refused the payment method: {exc}") from exc
-    except StripeProblem as exc:
-        raise _stripe_failure(exc, "the payment method") from exc
-    label = payment_method_label(pm)
-    now = pay.cp.clock()
-    async with pay.cp.sessions.begin() as session:
-        row = await session.get(Tenant, customer_id, with_for_update=True)
-        if row is None:
-            raise NotFound(f"customer {customer_id!r} not found")
-        keep_payment_method(session, row, str(pm["id"]), label, now, p.label())
-    return label
-
-
-def keep_payment_method(
-    session: SqlSession, tenant: Tenant, pm_id: str, label: str, now: datetime, actor: str
-) -> None:
-    """Store a payment method on the tenant (in the caller's transaction), audited."""
-    tenant.payment_method_id = pm_id
-    tenant.payment_method_label = label[:128]
-    tenant.updated_at = now
-    session.add(
-        AuditRecord(
-            at=now,
-            actor=actor,
-            action="customer.payment_method",
-            target=tenant.id,
-            details={"label": tenant.payment_method_label},
-        )
-    )
-
-
-async def remove_payment_method(pay: Payments, p: Principal, customer_id: str) -> None:
-    """Forget the saved payment method (auto top-up stops charging); detached at Stripe too
-    when it can be."""
-    await payer(pay.cp, p, customer_id)
-    now = pay.cp.clock()
-    async with pay.cp.sessions.begin() as session:
-        row = await session.get(Tenant, customer_id, with_for_update=True)
-        if row is None:
-            raise NotFound(f"customer {customer_id!r} not found")
-        removed = row.payment_method_id
-        if removed is None:
-            return
-        row.payment_method_id = row.payment_method_label = None
-        row.updated_at = now
-        audit(session, now, p, "customer.payment_method.remove", customer_id, {})
-    if pay.gateway is not None:
-        try:
-            await pay.gateway.detach_payment_method(removed)
-        except StripeProblem as exc:  # forgotten here already: nothing charges it any more
-            log.warning("customer %s: detaching %s at Stripe failed: %s", customer_id, removed, exc)

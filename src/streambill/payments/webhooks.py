@@ -34,12 +34,9 @@ from streambill.control.models import StripeEvent, Tenant, TopupAttempt
 from streambill.control.outbox import enqueue
 from streambill.control.plane import ControlPlane
 from streambill.errors import InvalidEvent, StreambillError
-from streambill.payments.checkout import (
-    PaymentProviderUnavailable,
-    keep_payment_method,
-    payment_method_label,
-)
 from streambill.payments.gateway import StripeGateway, StripeProblem, StripeUnreachable
+from streambill.payments.methods import keep_payment_method, payment_method_label
+from streambill.payments.payer import PaymentProviderUnavailable
 from streambill.payments.stripe_events import payment_events
 from streambill.streams.topics import PAYMENTS
 

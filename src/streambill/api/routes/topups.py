@@ -1,5 +1,6 @@
 """Top-ups through Stripe Checkout, the auto top-up's payment link, and the payment method
-saved for auto top-up. The operations live in :mod:`streambill.payments.checkout`.
+saved for auto top-up. The operations live in :mod:`streambill.payments.checkout` and
+:mod:`streambill.payments.methods`.
 
 Who: the customer itself, its reseller and the admin; service keys 403; another tenant's
 customer or attempt 404. Stripe not configured: 503 ``unavailable``; Stripe not answering:
@@ -25,7 +26,7 @@ from streambill.control.schemas import (
     TopupCreate,
     TopupPublic,
 )
-from streambill.payments import checkout
+from streambill.payments import checkout, methods
 
 router = APIRouter(tags=["payments"])
 CustomerId = Annotated[str, Path(min_length=1, max_length=128, pattern=ANY_ID_PATTERN)]
@@ -107,7 +108,7 @@ async def setup_payment_method(
 ) -> CheckoutLink:
     """Stripe Checkout in setup mode: the customer saves a card (or a SEPA mandate for EUR)
     for auto top-up; it is stored when Stripe reports the session complete."""
-    return await checkout.setup_session(
+    return await methods.setup_session(
         runtime.payments(), principal, customer_id, body or PaymentMethodSetup(), idempotency_key
     )
 
@@ -119,7 +120,7 @@ async def set_payment_method(
     """Save a payment method confirmed in the browser (Stripe.js SetupIntent): attached to
     the customer at Stripe, shown as its label. 422 ``invalid_payment_method`` when Stripe
     does not know it, it belongs to someone else, or it is neither a card nor SEPA."""
-    await checkout.set_payment_method(
+    await methods.set_payment_method(
         runtime.payments(), principal, customer_id, body.payment_method_id
     )
     return await tenants.get_tenant(runtime.control, principal, "customer", customer_id)
@@ -130,5 +131,5 @@ async def remove_payment_method(
     customer_id: CustomerId, runtime: Runtime, principal: CurrentPrincipal
 ) -> Response:
     """Forget the saved payment method: auto top-up stops charging it."""
-    await checkout.remove_payment_method(runtime.payments(), principal, customer_id)
+    await methods.remove_payment_method(runtime.payments(), principal, customer_id)
     return Response(status_code=204)
