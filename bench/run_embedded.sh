@@ -42,7 +42,7 @@ source "$ROOT/bench/embedded_stack.sh"
 LOCALSTRIPE_PID=""
 if [[ "$TOPUPS" -gt 0 && -z "${STREAMBILL_STRIPE_API_KEY:-}" ]]; then
   read -r STRIPE_PORT _ < <("$PY" "$ROOT/bench/free_ports.py" 1)
-  "$(dirname "$PY")/localstripe" --port "$STRIPE_PORT" --from-scratch >/dev/null 2>&1 &
+  "$PY" "$ROOT/tests/localstripe_server.py" --port "$STRIPE_PORT" >/dev/null 2>&1 &
   LOCALSTRIPE_PID=$!
   export STREAMBILL_STRIPE_API_KEY=sk_test_bench
   export STREAMBILL_STRIPE_API_BASE="http://127.0.0.1:$STRIPE_PORT"

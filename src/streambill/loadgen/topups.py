@@ -108,10 +108,10 @@ def _ledger_consumer(settings: Settings) -> Consumer:
 
 def run_topups(settings: Settings, run_id: str, count: int, progress: Any) -> dict[str, Any]:
     """Run the phase; the figures to merge into the bench result."""
+    consumer = _ledger_consumer(settings)  # before the customers: their opening credits
     with _api(settings) as client, ThreadPoolExecutor(8) as pool:
         cids = list(pool.map(lambda n: _customer(client, run_id, n), range(count)))
     progress(f"top-ups: {count} customers with auto top-up, waiting for their opening credit")
-    consumer = _ledger_consumer(settings)
     wanted = set(cids)
     crossing: dict[str, datetime] = {}
     credited: dict[str, datetime] = {}
