@@ -17,7 +17,7 @@ from localstripe.server import start
 
 
 def main() -> None:
-    localstripe.resources.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
+    localstripe.resources.Store.dump_to_disk = lambda self: None
     if "--from-scratch" not in sys.argv:
         sys.argv.append("--from-scratch")
     start()

@@ -225,7 +225,8 @@ def use(api: Api, cid: str, event_id: str, minutes: str) -> None:
 
 
 def balance(api: Api, cid: str) -> dict[str, Any]:
-    return api.ok("GET", f"/v2/customers/{cid}/balance")  # type: ignore[no-any-return]
+    found: dict[str, Any] = api.ok("GET", f"/v2/customers/{cid}/balance")
+    return found
 
 
 def wait_balance(api: Api, cid: str, micros: int, timeout_s: float = 20) -> dict[str, Any]:
@@ -239,7 +240,8 @@ def wait_balance(api: Api, cid: str, micros: int, timeout_s: float = 20) -> dict
 
 
 def attempts(api: Api, cid: str) -> list[dict[str, Any]]:
-    return api.ok("GET", f"/v2/customers/{cid}/topups")["items"]  # type: ignore[no-any-return]
+    found: list[dict[str, Any]] = api.ok("GET", f"/v2/customers/{cid}/topups")["items"]
+    return found
 
 
 def alerts_of(api: Api, cid: str, kinds: set[str], until: int) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from apiworld import BACKENDS, Api, World, build_world, may_see, running_api
-from fixtures.stripe.recorded_stripe import RecordedStripe
+from recorded_stripe import RecordedStripe
 
 pytestmark = pytest.mark.integration
 

@@ -200,8 +200,8 @@ def test_chaos_one_intent_per_crossing_and_nothing_uncredited(
             time.sleep(1)
         ours = [i for i in all_intents(stripe_url) if i["metadata"].get("topup") == "auto"]
         per_customer: dict[str, list[str]] = {}
-        for intent in ours:
-            per_customer.setdefault(intent["metadata"]["customer_id"], []).append(intent["id"])
+        for made in ours:
+            per_customer.setdefault(made["metadata"]["customer_id"], []).append(made["id"])
         charged = {
             i["id"]
             for i in all_intents(stripe_url)

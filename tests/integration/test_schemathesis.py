@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 
 from apiworld import BACKENDS, Api, bearer, build_world, running_api
-from fixtures.stripe.recorded_stripe import RecordedStripe
+from recorded_stripe import RecordedStripe
 
 pytestmark = pytest.mark.integration
 

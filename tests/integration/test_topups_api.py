@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 
 import stripestub
 from apiworld import BACKENDS, STRIPE_WEBHOOK_SECRET, Api, World, build_world, running_api
-from fixtures.stripe.recorded_stripe import RecordedStripe, nested
 from pipeline import read_topic
+from recorded_stripe import RecordedStripe, nested
 from streambill.control.models import TopupAttempt
 from streambill.streams.topics import PAYMENTS
 
@@ -535,7 +535,7 @@ def test_put_payment_method_attaches_a_localstripe_card(with_localstripe: tuple[
     attached = sc.v1.payment_methods.retrieve(pm.id)
     assert attached.customer is not None
     owner = sc.v1.customers.retrieve(str(attached.customer))
-    assert owner.metadata["customer_id"] == cus
+    assert owner.metadata is not None and owner.metadata["customer_id"] == cus
     # the same card again is fine; one of another Stripe customer, or none at all, is not
     again = api.call(
         "PUT", f"/v2/customers/{cus}/payment-method", token, {"payment_method_id": pm.id}

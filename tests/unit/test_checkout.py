@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fixtures.stripe.recorded_stripe import fixture
+from recorded_stripe import fixture
 from streambill.control.models import Tenant, TopupAttempt
 from streambill.errors import InvalidEvent, StreambillError
 from streambill.payments.checkout import (

@@ -27,6 +27,7 @@ from typing import Any, Final
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -196,16 +197,29 @@ class AutoTopupAgent:
                     await self.handle(messages)
             except asyncio.CancelledError:
                 raise
+            except DBAPIError as exc:  # the database is down, or not migrated yet (api starting)
+                log.warning(
+                    "auto top-up agent: control-plane database unavailable (%s); retry in %.0f s",
+                    type(exc.orig).__name__,
+                    ERROR_BACKOFF_S,
+                )
+                self._restart()
+                await asyncio.sleep(ERROR_BACKOFF_S)
+                continue
             except Exception:
                 log.exception("auto top-up agent: retrying in %.0f s", ERROR_BACKOFF_S)
-                # Re-read from what was stored: nothing handled is lost, duplicates are safe.
-                self._consumer.incremental_unassign(
-                    [TopicPartition(topics.LEDGER, p) for p in self.assigned]
-                )
-                self.assigned.clear()
-                self.next_offsets.clear()
-                self._stored.clear()
+                self._restart()
                 await asyncio.sleep(ERROR_BACKOFF_S)
+
+    def _restart(self) -> None:
+        """Re-read from what was stored: nothing handled is lost, duplicates are safe."""
+        if self.assigned:
+            self._consumer.incremental_unassign(
+                [TopicPartition(topics.LEDGER, p) for p in self.assigned]
+            )
+        self.assigned.clear()
+        self.next_offsets.clear()
+        self._stored.clear()
 
     async def resolve_forever(self, ready: Callable[[], bool]) -> None:
         while True:
@@ -216,6 +230,10 @@ class AutoTopupAgent:
                 await self.service.resolve_due()
             except asyncio.CancelledError:
                 raise
+            except DBAPIError as exc:
+                log.warning(
+                    "auto top-up resolver: database unavailable (%s)", type(exc.orig).__name__
+                )
             except Exception:
                 log.exception("auto top-up resolver round failed")
 
