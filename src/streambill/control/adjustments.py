@@ -13,14 +13,14 @@ import secrets
 
 from sqlalchemy import select
 
-from streambill.control.models import Adjustment, Tenant
+from streambill.control.models import Adjustment
 from streambill.control.outbox import enqueue
-from streambill.control.plane import ControlPlane, audit, page_by_id
+from streambill.control.plane import ControlPlane, audit, page_by_id, visible_customer
 from streambill.control.principal import Principal
 from streambill.control.schemas import AdjustmentCreate, AdjustmentPublic, Page
 from streambill.control.security import new_id
 from streambill.domain.money import to_micros
-from streambill.errors import Conflict, Forbidden, NotFound
+from streambill.errors import Conflict, Forbidden
 from streambill.streams.topics import PAYMENTS
 
 
@@ -52,13 +52,7 @@ async def create_adjustment(
     event_id = adjustment_event_id(customer_id, key)
     now = cp.clock()
     async with cp.sessions.begin() as session:
-        tenant = await session.get(Tenant, customer_id)
-        if (
-            tenant is None
-            or tenant.kind != "customer"
-            or not p.sees_customer(tenant.id, tenant.parent_id)
-        ):
-            raise NotFound(f"customer {customer_id!r} not found")
+        tenant = await visible_customer(session, p, customer_id)
         if not (p.is_admin or p.role == "reseller"):
             raise Forbidden("only the admin or the owning reseller adjusts a balance")
         existing = await session.scalar(select(Adjustment).where(Adjustment.event_id == event_id))
@@ -111,12 +105,6 @@ async def list_adjustments(
     cp: ControlPlane, p: Principal, customer_id: str, *, limit: int, cursor: str | None
 ) -> Page[AdjustmentPublic]:
     async with cp.sessions() as session:
-        tenant = await session.get(Tenant, customer_id)
-    if (
-        tenant is None
-        or tenant.kind != "customer"
-        or not p.sees_customer(tenant.id, tenant.parent_id)
-    ):
-        raise NotFound(f"customer {customer_id!r} not found")
+        await visible_customer(session, p, customer_id)
     query = select(Adjustment).where(Adjustment.customer_id == customer_id)
     return await page_by_id(cp, query, Adjustment.id, limit, cursor, adjustment_public)

@@ -85,6 +85,19 @@ class ControlPlane:
             raise NotFound(f"customer {customer_id!r} not found")
 
 
+async def visible_customer(session: SqlSession, p: Principal, customer_id: str) -> Tenant:
+    """The customer row, if the principal may see it; 404 otherwise (also for a reseller's
+    id, so a foreign object and a missing one answer alike)."""
+    tenant = await session.get(Tenant, customer_id)
+    if (
+        tenant is None
+        or tenant.kind != "customer"
+        or not p.sees_customer(tenant.id, tenant.parent_id)
+    ):
+        raise NotFound(f"customer {customer_id!r} not found")
+    return tenant
+
+
 def audit(
     session: SqlSession,
     now: datetime,

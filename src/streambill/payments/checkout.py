@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from streambill.control.models import Tenant, TopupAttempt
-from streambill.control.plane import ControlPlane, audit, page_by_id
+from streambill.control.plane import ControlPlane, audit, page_by_id, visible_customer
 from streambill.control.principal import Principal
 from streambill.control.schemas import Page, TopupCreate, TopupPublic
 from streambill.domain.money import MICROS_PER_UNIT, format_micros, parse_decimal, to_micros
@@ -343,13 +343,7 @@ async def list_topups(
     cp: ControlPlane, p: Principal, customer_id: str, *, limit: int, cursor: str | None
 ) -> Page[TopupPublic]:
     async with cp.sessions() as session:
-        tenant = await session.get(Tenant, customer_id)
-    if (
-        tenant is None
-        or tenant.kind != "customer"
-        or not p.sees_customer(tenant.id, tenant.parent_id)
-    ):
-        raise NotFound(f"customer {customer_id!r} not found")
+        await visible_customer(session, p, customer_id)
     query = select(TopupAttempt).where(TopupAttempt.customer_id == customer_id)
     return await page_by_id(cp, query, TopupAttempt.id, limit, cursor, topup_public)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streambill.control.models import Tenant
-from streambill.control.plane import ControlPlane
+from streambill.control.plane import ControlPlane, visible_customer
 from streambill.control.principal import Principal
 from streambill.errors import Conflict, Forbidden, NotFound, StreambillError
 from streambill.payments.gateway import StripeGateway, StripeProblem, StripeUnreachable
@@ -52,13 +52,7 @@ async def payer(cp: ControlPlane, p: Principal, customer_id: str) -> Tenant:
     """The customer whose money this is, if the principal may act for it: 404 outside the
     scope, 403 for service keys, 409 for a closed account."""
     async with cp.sessions() as session:
-        tenant = await session.get(Tenant, customer_id)
-    if (
-        tenant is None
-        or tenant.kind != "customer"
-        or not p.sees_customer(tenant.id, tenant.parent_id)
-    ):
-        raise NotFound(f"customer {customer_id!r} not found")
+        tenant = await visible_customer(session, p, customer_id)
     if p.role == "service":
         raise Forbidden("service keys do not pay or manage payment methods")
     if tenant.status == "closed":
