@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     # and how far back. The lookback stays inside the balances agent's dedup window.
     reconcile_interval_s: float = Field(default=300.0, gt=0)
     reconcile_lookback_s: int = Field(default=3 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+    # Reseller commissions: the worker's agent (accrual), how long after a month ends (in
+    # the reseller's time zone) it is closed automatically, the smallest payout (smaller
+    # amounts carry forward), and the platform's account that pays resellers by SEPA.
+    commissions: bool = True
+    commission_checkpoint_s: float = Field(default=1.0, gt=0)
+    commission_close_grace_s: float = Field(default=3 * 24 * 3600, ge=0)
+    payout_minimum: str = "50.00"
+    sepa_debtor_name: str = "streambill platform"
+    sepa_debtor_iban: str | None = None
+    sepa_debtor_bic: str | None = None
     # Python's cyclic GC runs a young-generation pass every this many allocations in the
     # worker and the api (CPython's default is 700); 0 keeps the interpreter's default.
     gc_gen0_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
@@ -122,6 +132,8 @@ class Settings(BaseSettings):
         "stripe_api_key",
         "stripe_api_base",
         "public_url",
+        "sepa_debtor_iban",
+        "sepa_debtor_bic",
     )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:

@@ -87,6 +87,8 @@ class Tenant(Base):
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     payment_method_id: Mapped[str | None] = mapped_column(String(255))
     payment_method_label: Mapped[str | None] = mapped_column(String(128))
+    # A reseller's commission plan (domain.commissions.plan_document); null: the defaults.
+    commission_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Bumped by every change; the accounts topic carries it so consumers can drop stale ones.
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime]
@@ -293,4 +295,28 @@ class StreamOffset(Base):
     topic: Mapped[str] = mapped_column(String(128), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+
+class ExchangeRate(Base):
+    """A reference rate as the ECB publishes them: units of ``currency`` per euro on ``day``."""
+
+    __tablename__ = "exchange_rates"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    rate: Mapped[str] = mapped_column(String(32))  # a decimal string, never a float
+    source: Mapped[str] = mapped_column(String(32))  # api | ecb | csv
+    updated_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class CommissionCheckpoint(Base):
+    """The commissions agent's state for one partition of its fact topic, and the offset up
+    to which that state is complete (agents/commissions.py)."""
+
+    __tablename__ = "commission_checkpoints"
+
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(Text)  # JSON
     updated_at: Mapped[datetime]

@@ -66,6 +66,7 @@ def account_message(tenant: Tenant) -> dict[str, Any]:
         "auto_topup": tenant.auto_topup,
         "low_balance_threshold": tenant.low_balance_threshold,
         "timezone": tenant.timezone,
+        "commission_plan": tenant.commission_plan,
         "version": tenant.version,
         "updated_at": tenant.updated_at.astimezone(UTC).isoformat(),
     }

@@ -32,12 +32,13 @@ fact's ``accrual`` follows at that rate.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from functools import cache
-from typing import Final
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from streambill.domain.money import DECIMAL_CONTEXT, MICROS_PER_UNIT, round_micros
@@ -144,6 +145,9 @@ class Fact:
     occurred_at: datetime
     meter: str | None = None
     quantity: Decimal = Decimal(0)
+    # The customer's ledger ``seq``: when given, the book drops a fact whose seq it has
+    # already passed (compact dedup that survives a restart); else it remembers entry ids.
+    seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,8 @@ class CommissionEntry:
     rate: Decimal
     source_entry_id: str
     occurred_at: datetime
+    base_delta_micros: int = 0  # what this fact added to the month's base (accrual only)
+    position: int = 0  # the book's running count of entries: orders a reseller's entries
 
 
 @dataclass
@@ -182,6 +188,7 @@ class CustomerState:
     first_topup_month: str | None = None
     usage_months: set[str] = field(default_factory=set)
     loyalty_paid: bool = False
+    last_seq: int = 0
 
 
 class ResellerBook:
@@ -193,19 +200,30 @@ class ResellerBook:
         self.months: dict[str, MonthState] = {}
         self.customers: dict[str, CustomerState] = {}
         self._seen: dict[str, None] = {}
+        self.position = 0
 
     def month(self, month: str) -> MonthState:
         return self.months.setdefault(month, MonthState())
 
     def apply(self, fact: Fact) -> list[CommissionEntry]:
         """The commission entries one fact makes (none for a duplicate or another kind)."""
-        if fact.kind not in KINDS or fact.entry_id in self._seen:
+        customer = self.customers.get(fact.customer_id)
+        if fact.seq is not None:
+            if customer is not None and fact.seq <= customer.last_seq:
+                return []
+        elif fact.entry_id in self._seen:
             return []
-        self._seen[fact.entry_id] = None
-        if len(self._seen) > DEDUP_MAX:
-            del self._seen[next(iter(self._seen))]
+        else:
+            self._seen[fact.entry_id] = None
+            if len(self._seen) > DEDUP_MAX:
+                del self._seen[next(iter(self._seen))]
+        if customer is None:
+            customer = self.customers[fact.customer_id] = CustomerState()
+        if fact.seq is not None:
+            customer.last_seq = fact.seq
+        if fact.kind not in KINDS:
+            return []
         month = self.plan.month_of(fact.occurred_at)
-        customer = self.customers.setdefault(fact.customer_id, CustomerState())
         if fact.kind == "topup":
             return self._topup(fact, month, customer)
         sign = 1 if fact.kind == "usage" else -1
@@ -228,7 +246,7 @@ class ResellerBook:
             state.commission_micros = restated
         target = self.plan.at_rate(base_after, tier_after)
         state.base_micros = base_after
-        out.append(self._entry(fact, month, "accrual", target - state.commission_micros))
+        out.append(self._entry(fact, month, "accrual", target - state.commission_micros, delta))
         state.commission_micros = target
         return out
 
@@ -264,8 +282,11 @@ class ResellerBook:
         self.month(month).bonus_micros += micros
         return self._entry(fact, month, kind, micros)
 
-    def _entry(self, fact: Fact, month: str, kind: str, micros: int) -> CommissionEntry:
+    def _entry(
+        self, fact: Fact, month: str, kind: str, micros: int, base_delta: int = 0
+    ) -> CommissionEntry:
         state = self.month(month)
+        self.position += 1
         return CommissionEntry(
             entry_id=f"{fact.entry_id}:{kind}",
             reseller_id=self.reseller_id,
@@ -279,7 +300,185 @@ class ResellerBook:
             rate=self.plan.tiers[state.tier].rate,
             source_entry_id=fact.entry_id,
             occurred_at=fact.occurred_at,
+            base_delta_micros=base_delta,
+            position=self.position,
         )
 
     def apply_all(self, facts: Iterable[Fact]) -> list[CommissionEntry]:
         return [entry for fact in facts for entry in self.apply(fact)]
+
+    # -- persistence: the agent checkpoints books as JSON-ready dicts --------------------
+
+    def to_state(self) -> dict[str, object]:
+        """Everything the book needs to go on after a restart (the plan is kept apart).
+
+        >>> from datetime import UTC
+        >>> book = ResellerBook("res_1", Plan(currency="EUR"))
+        >>> at = datetime(2026, 11, 3, tzinfo=UTC)
+        >>> _ = book.apply(Fact("e1", "c", "usage", 2_000_000_000, at, seq=1))
+        >>> again = ResellerBook.from_state("res_1", Plan(currency="EUR"), book.to_state())
+        >>> again.apply(Fact("e1", "c", "usage", 2_000_000_000, at, seq=1))  # seen before
+        []
+        >>> [e.amount_micros for e in again.apply(Fact("e2", "c", "usage", 1, at, seq=2))]
+        [0]
+        >>> again.month("2026-11").base_micros, again.position  # true_up, accrual, accrual
+        (2000000001, 3)
+        """
+        return {
+            "position": self.position,
+            "months": {
+                name: {
+                    "base": m.base_micros,
+                    "commission": m.commission_micros,
+                    "bonus": m.bonus_micros,
+                    "tier": m.tier,
+                    "units": {c: str(u) for c, u in m.units.items()},
+                    "high_usage_paid": sorted(m.high_usage_paid),
+                }
+                for name, m in self.months.items()
+            },
+            "customers": {
+                cid: [c.first_topup_month, sorted(c.usage_months), c.loyalty_paid, c.last_seq]
+                for cid, c in self.customers.items()
+            },
+        }
+
+    @classmethod
+    def from_state(cls, reseller_id: str, plan: Plan, state: dict[str, Any]) -> ResellerBook:
+        book = cls(reseller_id, plan)
+        book.position = int(state.get("position", 0))
+        for name, m in state.get("months", {}).items():
+            book.months[name] = MonthState(
+                base_micros=int(m["base"]),
+                commission_micros=int(m["commission"]),
+                bonus_micros=int(m["bonus"]),
+                tier=int(m["tier"]),
+                units={c: Decimal(u) for c, u in m["units"].items()},
+                high_usage_paid=set(m["high_usage_paid"]),
+            )
+        for cid, (first, months, loyal, last_seq) in state.get("customers", {}).items():
+            book.customers[cid] = CustomerState(first, set(months), bool(loyal), int(last_seq))
+        return book
+
+    def prune(self, oldest_month: str) -> None:
+        """Forget months before ``oldest_month`` (long closed) and the usage months a
+        customer's loyalty bonus no longer needs."""
+        for name in [n for n in self.months if n < oldest_month]:
+            del self.months[name]
+        for customer in self.customers.values():
+            if customer.loyalty_paid:
+                customer.usage_months.clear()
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    """A plan as JSON (decimal strings in major units): what the API shows and stores.
+
+    >>> doc = plan_document(Plan(currency="EUR"))
+    >>> doc["tiers"][1], doc["new_customer_bonus"]
+    ({'from': '1000', 'rate': '0.275'}, '5')
+    >>> plan_from_document(doc, "EUR") == Plan(currency="EUR")
+    True
+    """
+    return {
+        "timezone": plan.timezone,
+        "tiers": [{"from": _units(t.from_micros), "rate": str(t.rate)} for t in plan.tiers],
+        "new_customer_bonus": _units(plan.new_customer_bonus_micros),
+        "loyalty_bonus": _units(plan.loyalty_bonus_micros),
+        "loyalty_months": plan.loyalty_months,
+        "high_usage_bonus": _units(plan.high_usage_bonus_micros),
+        "high_usage_meter": plan.high_usage_meter,
+        "high_usage_units": str(plan.high_usage_units),
+    }
+
+
+def plan_from_document(
+    doc: dict[str, Any] | None, currency: str, timezone: str | None = None
+) -> Plan:
+    """A plan from its JSON document; missing fields take the defaults. Raises
+    :class:`InvalidPlan` (code ``invalid_plan``) for anything that is not a sane plan.
+
+    >>> tiers = [{"from": "0", "rate": "0.2"}, {"from": "500", "rate": "0.3"}]
+    >>> plan_from_document({"tiers": tiers}, "USD").tier_of(500_000_000)
+    1
+    >>> plan_from_document({"tiers": [{"from": "100", "rate": "0.2"}]}, "EUR")
+    Traceback (most recent call last):
+    ...
+    streambill.domain.commissions.InvalidPlan: tiers: the first tier must start at 0
+    """
+    doc = dict(doc or {})
+    default = Plan(currency=currency)
+    try:
+        zone = str(doc.get("timezone") or timezone or default.timezone)
+        _zone(zone)
+    except (ValueError, KeyError, OSError):
+        raise InvalidPlan(f"timezone: unknown time zone {doc.get('timezone')!r}") from None
+    tiers = default.tiers
+    if "tiers" in doc:
+        raw = doc["tiers"]
+        if not isinstance(raw, list) or not raw or len(raw) > 20:
+            raise InvalidPlan("tiers: a list of 1 to 20 {from, rate}")
+        parsed = []
+        for n, t in enumerate(raw):
+            if not isinstance(t, dict):
+                raise InvalidPlan(f"tiers[{n}]: want {{from, rate}}")
+            floor = _parse_units(t.get("from"), f"tiers[{n}].from")
+            rate = _decimal(t.get("rate"), f"tiers[{n}].rate")
+            if not Decimal(0) <= rate <= Decimal(1):
+                raise InvalidPlan(f"tiers[{n}].rate: a fraction between 0 and 1")
+            parsed.append(Tier(floor, rate))
+        if parsed[0].from_micros != 0:
+            raise InvalidPlan("tiers: the first tier must start at 0")
+        if any(b.from_micros <= a.from_micros for a, b in itertools.pairwise(parsed)):
+            raise InvalidPlan("tiers: thresholds must increase")
+        tiers = tuple(parsed)
+    months = doc.get("loyalty_months", default.loyalty_months)
+    if not isinstance(months, int) or isinstance(months, bool) or not 1 <= months <= 24:
+        raise InvalidPlan("loyalty_months: an integer from 1 to 24")
+    meter = doc.get("high_usage_meter", default.high_usage_meter)
+    if not isinstance(meter, str) or not 1 <= len(meter) <= 64:
+        raise InvalidPlan("high_usage_meter: a meter name")
+    units = _decimal(doc.get("high_usage_units", default.high_usage_units), "high_usage_units")
+    if units < 0:
+        raise InvalidPlan("high_usage_units: must not be negative")
+
+    def bonus(name: str, fallback: int) -> int:
+        return _parse_units(doc[name], name) if name in doc else fallback
+
+    return Plan(
+        currency=currency,
+        timezone=zone,
+        tiers=tiers,
+        new_customer_bonus_micros=bonus("new_customer_bonus", default.new_customer_bonus_micros),
+        loyalty_bonus_micros=bonus("loyalty_bonus", default.loyalty_bonus_micros),
+        loyalty_months=months,
+        high_usage_bonus_micros=bonus("high_usage_bonus", default.high_usage_bonus_micros),
+        high_usage_meter=meter,
+        high_usage_units=units,
+    )
+
+
+class InvalidPlan(ValueError):
+    code = "invalid_plan"
+
+
+def _units(micros: int) -> str:
+    return format(Decimal(micros).scaleb(-6).normalize(), "f")
+
+
+def _decimal(value: object, name: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+        raise InvalidPlan(f"{name}: a decimal string")
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError:
+        raise InvalidPlan(f"{name}: not a number: {value!r}") from None
+    if not number.is_finite():
+        raise InvalidPlan(f"{name}: not a number: {value!r}")
+    return number
+
+
+def _parse_units(value: object, name: str) -> int:
+    number = _decimal(value, name)
+    if number < 0 or number != number.quantize(Decimal("0.000001")) or number > 10**12:
+        raise InvalidPlan(f"{name}: an amount >= 0 with at most 6 decimals")
+    return int(number * MICROS_PER_UNIT)

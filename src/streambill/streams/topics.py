@@ -11,9 +11,11 @@ PAYMENTS: Final = "billing.payments.v1"
 LEDGER: Final = "billing.ledger.v1"
 ALERTS: Final = "billing.alerts.v1"
 DEADLETTER: Final = "billing.deadletter.v1"
-# Reseller commission entries (the commissions agent, a later issue); the live feed reads it
-# when it exists.
+# Reseller commission entries, key reseller_id (agents/commissions.py).
 COMMISSIONS: Final = "billing.commissions.v1"
+# Internal: ledger entries of resellers' customers re-keyed by reseller_id, plus the
+# commissions agent's own markers (rates, plans); one partition holds a reseller's book.
+COMMISSION_FACTS: Final = "streambill.commission-facts.v1"
 
 # The Faust app id; Faust names table changelogs "<app id>-<table>-changelog".
 APP_ID: Final = "streambill"
@@ -42,6 +44,8 @@ def topic_specs(partitions: int) -> list[TopicSpec]:
         TopicSpec(LEDGER, partitions),
         TopicSpec(ALERTS, partitions),
         TopicSpec(DEADLETTER, partitions),
+        TopicSpec(COMMISSIONS, partitions),
+        TopicSpec(COMMISSION_FACTS, partitions),
         TopicSpec(BALANCES_CHANGELOG, partitions, compacted),
         TopicSpec(DEDUP_CHANGELOG, partitions, compacted),
         TopicSpec(ACCOUNTS_CHANGELOG, partitions, compacted),
