@@ -23,6 +23,7 @@ from streambill.agents.accounts import AccountCache
 from streambill.agents.app import BytesKeyed, Tables, create_faust_app, create_tables, tables_dir
 from streambill.agents.autotopup import AutoTopupAgent, payment_publisher
 from streambill.agents.balances import BalancesRuntime
+from streambill.agents.commissions import CommissionAgent, reseller_account
 from streambill.agents.consumer import StreambillConsumer
 from streambill.agents.follower import ChangelogFollower
 from streambill.agents.metrics import ACCOUNTS_KNOWN
@@ -31,6 +32,7 @@ from streambill.agents.publisher import CHANGELOGS, Publisher
 from streambill.agents.source import SourceReader
 from streambill.control import db
 from streambill.engine.balances import BalanceEngine
+from streambill.engine.commissions import ResellerAccount
 from streambill.gctune import apply_gc_threshold
 from streambill.malloc import limit_arenas
 from streambill.payments import policy
@@ -205,6 +207,15 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
         async def autotopup_resolver() -> None:
             await agent.resolve_forever(ready)
 
+    commissions = build_commissions(settings, tables)
+    app.streambill_commissions = commissions  # type: ignore[attr-defined]
+    if commissions is not None:
+        accrual = commissions
+
+        @app.task
+        async def commissions_agent() -> None:
+            await accrual.run(owned, ready)
+
     @app.task
     async def follow_accounts() -> None:
         await follower.run(cast(Any, app.tables).recovery.completed.wait())
@@ -227,6 +238,8 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
         the group, so this worker still owns its partitions: no other worker writes to their
         changelogs yet. Taken after leaving the group, a snapshot would be bounded by end
         offsets that may include another worker's writes, which its stores never saw."""
+        if commissions is not None:
+            await commissions.stop()
         if not ready():
             return
         try:
@@ -336,6 +349,28 @@ def build_autotopup(settings: Settings, accounts: AccountCache) -> AutoTopupAgen
         threshold_of,
         fetch_wait_ms=settings.fetch_max_wait_ms,
         publisher=payments_out,
+    )
+
+
+def build_commissions(settings: Settings, tables: Tables) -> CommissionAgent | None:
+    """The commissions agent, unless COMMISSIONS=0."""
+    if not settings.commissions:
+        log.info("commissions off (COMMISSIONS=0)")
+        return None
+    accounts = BytesKeyed(tables.accounts.data)
+
+    def account_of(reseller_id: str) -> ResellerAccount | None:
+        return reseller_account(accounts.get(reseller_id))
+
+    return CommissionAgent(
+        settings.bootstrap,
+        db.session_factory(db.open_engine(settings.control_db_url)),
+        account_of,
+        partitions=settings.topic_partitions,
+        fetch_wait_ms=settings.fetch_max_wait_ms,
+        checkpoint_s=settings.commission_checkpoint_s,
+        # Its own producer: the balances agent's must never flush or see its errors.
+        publisher=Publisher(settings.bootstrap, idempotence=settings.kafka_idempotence),
     )
 
 
@@ -461,4 +496,7 @@ def run_worker(settings: Settings) -> int:
         autotopup = getattr(app, "streambill_autotopup", None)
         if autotopup is not None:
             autotopup.close()
+        commissions = getattr(app, "streambill_commissions", None)
+        if commissions is not None:
+            commissions.close()
     return code

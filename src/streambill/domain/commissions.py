@@ -37,11 +37,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from functools import cache
-from typing import Any, Final
+from functools import cache, lru_cache
+from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
-from streambill.domain.money import DECIMAL_CONTEXT, MICROS_PER_UNIT, round_micros
+from streambill.domain.money import MICROS_PER_UNIT, round_micros, scale_micros
 
 KINDS: Final = frozenset({"usage", "refund", "chargeback", "topup"})
 DEDUP_MAX: Final = 1_000_000
@@ -99,8 +99,12 @@ class Plan:
         return index, self.at_rate(base_micros, index)
 
     def at_rate(self, base_micros: int, tier: int) -> int:
-        units = DECIMAL_CONTEXT.divide(Decimal(base_micros), MICROS_PER_UNIT)
-        return round_micros(DECIMAL_CONTEXT.multiply(units, self.tiers[tier].rate))
+        """``base x rate`` of a tier, rounded half-even once (exact integer arithmetic).
+
+        >>> Plan(currency="EUR").at_rate(1_000_000_001, 1)  # 275000000.275 -> ...000
+        275000000
+        """
+        return scale_micros(base_micros, *_ratio(self.tiers[tier].rate))
 
     def month_of(self, at: datetime) -> str:
         """The calendar month (``YYYY-MM``) of an instant in the plan's time zone.
@@ -109,7 +113,9 @@ class Plan:
         >>> Plan(currency="EUR").month_of(datetime(2026, 11, 30, 23, 30, tzinfo=UTC))
         '2026-12'
         """
-        return at.astimezone(_zone(self.timezone)).strftime("%Y-%m")
+        # Every zone's offset is a multiple of 15 minutes, so all instants of one quarter
+        # hour fall into the same month: cached per quarter hour (a hot path).
+        return _month_of(self.timezone, int(at.timestamp()) // 900)
 
     def day_of(self, at: datetime) -> date:
         return at.astimezone(_zone(self.timezone)).date()
@@ -118,6 +124,21 @@ class Plan:
 @cache
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+@cache
+def _ratio(rate: Decimal) -> tuple[int, int]:
+    return rate.as_integer_ratio()
+
+
+@lru_cache(maxsize=4096)
+def _following(month: str, n: int) -> tuple[str, ...]:
+    return tuple(add_months(month, k) for k in range(1, n + 1))
+
+
+@lru_cache(maxsize=65536)
+def _month_of(zone: str, quarter_hour: int) -> str:
+    return datetime.fromtimestamp(quarter_hour * 900, _zone(zone)).strftime("%Y-%m")
 
 
 def add_months(month: str, n: int) -> str:
@@ -131,8 +152,7 @@ def add_months(month: str, n: int) -> str:
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
 
-@dataclass(frozen=True)
-class Fact:
+class Fact(NamedTuple):
     """What the book needs of a ledger entry, its amount already in the plan's currency.
 
     ``amount_micros`` is positive: the usage charge, the refund, the chargeback, the top-up.
@@ -150,7 +170,7 @@ class Fact:
     seq: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CommissionEntry:
     entry_id: str  # <source entry id>:<kind>: a replay makes the same id
     reseller_id: str
@@ -166,6 +186,8 @@ class CommissionEntry:
     occurred_at: datetime
     base_delta_micros: int = 0  # what this fact added to the month's base (accrual only)
     position: int = 0  # the book's running count of entries: orders a reseller's entries
+    month_commission_micros: int = 0  # the month's commission and bonuses with this entry
+    month_bonus_micros: int = 0
 
 
 @dataclass
@@ -203,7 +225,10 @@ class ResellerBook:
         self.position = 0
 
     def month(self, month: str) -> MonthState:
-        return self.months.setdefault(month, MonthState())
+        state = self.months.get(month)
+        if state is None:
+            state = self.months[month] = MonthState()
+        return state
 
     def apply(self, fact: Fact) -> list[CommissionEntry]:
         """The commission entries one fact makes (none for a duplicate or another kind)."""
@@ -239,15 +264,17 @@ class ResellerBook:
         base_after = state.base_micros + delta
         tier_after = self.plan.tier_of(base_after)
         out = []
+        # Each entry is made after the state it leads to, so it carries the month as it
+        # stands once the entry counts (what a live ticker shows).
         if tier_after != state.tier:
             restated = self.plan.at_rate(state.base_micros, tier_after)
-            state.tier = tier_after
-            out.append(self._entry(fact, month, "true_up", restated - state.commission_micros))
-            state.commission_micros = restated
+            change = restated - state.commission_micros
+            state.tier, state.commission_micros = tier_after, restated
+            out.append(self._entry(fact, month, "true_up", change))
         target = self.plan.at_rate(base_after, tier_after)
-        state.base_micros = base_after
-        out.append(self._entry(fact, month, "accrual", target - state.commission_micros, delta))
-        state.commission_micros = target
+        change = target - state.commission_micros
+        state.base_micros, state.commission_micros = base_after, target
+        out.append(self._entry(fact, month, "accrual", change, delta))
         return out
 
     def _topup(self, fact: Fact, month: str, customer: CustomerState) -> list[CommissionEntry]:
@@ -261,7 +288,7 @@ class ResellerBook:
         first = customer.first_topup_month
         if first is None or customer.loyalty_paid:
             return []
-        months = [add_months(first, n) for n in range(1, self.plan.loyalty_months + 1)]
+        months = _following(first, self.plan.loyalty_months)
         if not all(m in customer.usage_months for m in months):
             return []
         customer.loyalty_paid = True
@@ -302,6 +329,8 @@ class ResellerBook:
             occurred_at=fact.occurred_at,
             base_delta_micros=base_delta,
             position=self.position,
+            month_commission_micros=state.commission_micros,
+            month_bonus_micros=state.bonus_micros,
         )
 
     def apply_all(self, facts: Iterable[Fact]) -> list[CommissionEntry]:

@@ -95,6 +95,16 @@ class RateTable:
         units = DECIMAL_CONTEXT.multiply(DECIMAL_CONTEXT.divide(Decimal(micros), 1_000_000), rate)
         return Conversion(round_micros(units), rate, min(source_day, target_day))
 
+    def exact(self, currency: str, day: date) -> Decimal | None:
+        """The rate stored for exactly that day (no earlier day), or None."""
+        if currency == BASE:
+            return Decimal(1)
+        return self._rates.get((currency, day))
+
+    def rows(self) -> list[tuple[date, str, Decimal]]:
+        """Every stored rate as (day, currency, units per euro), in a stable order."""
+        return sorted((day, currency, rate) for (currency, day), rate in self._rates.items())
+
     def __len__(self) -> int:
         return len(self._rates)
 

@@ -62,6 +62,23 @@ def parse_decimal(value: object, *, field: str) -> Decimal:
     return result
 
 
+def scale_micros(micros: int, numerator: int, denominator: int) -> int:
+    """``micros x numerator / denominator`` rounded half-even to the micro: the rounding of
+    :func:`round_micros`, on integers (a rate as an exact fraction, see
+    ``Decimal.as_integer_ratio``), for hot paths.
+
+    >>> scale_micros(3, 1, 2), scale_micros(5, 1, 2), scale_micros(-3, 1, 2), scale_micros(7, 1, 3)
+    (2, 2, -2, 2)
+    >>> scale_micros(1_100_000_000, *Decimal("0.275").as_integer_ratio())
+    302500000
+    """
+    quotient, remainder = divmod(micros * numerator, denominator)  # floor: 0 <= remainder
+    twice = 2 * remainder
+    if twice > denominator or (twice == denominator and quotient % 2 == 1):
+        quotient += 1
+    return quotient
+
+
 def round_micros(amount_units: Decimal) -> int:
     """The one rounding function: major units -> integer micros, half-even.
 
