@@ -42,7 +42,7 @@ from streambill.loadgen.kafka import (
 from streambill.loadgen.stats import BenchFigures, bench_result
 from streambill.loadgen.topups import TopupBenchError, run_topups
 from streambill.loadgen.traffic import Pacer
-from streambill.loadgen.workers import worker_memory
+from streambill.loadgen.workers import cpu_seconds, metrics_urls, worker_memory
 from streambill.settings import Settings
 from streambill.streams.topics import ACCOUNTS, LEDGER, PAYMENTS, SINK_GROUP, USAGE
 
@@ -55,6 +55,11 @@ BASELINE_RUNS: Final = 3
 POLL_EVERY: Final = 5_000
 QUIET_TIMEOUT_S: Final = 60.0
 QUIET_STALLED_S: Final = 10.0
+# CPU per event: idle rates sampled over this long; a process counts as idle again when its
+# rate is within the margin (cores) of its idle rate; the phase is given up to this long.
+CPU_IDLE_SAMPLE_S: Final = 1.0
+CPU_IDLE_MARGIN: Final = 0.05
+CPU_SETTLE_TIMEOUT_S: Final = 180.0
 
 
 class BenchError(Exception):
@@ -111,6 +116,9 @@ def _setup(sender: Sender, watcher: LedgerWatcher, run_id: str, customers: int) 
 
         return record
 
+    for n in range(data.BENCH_RESELLERS):
+        account = data.bench_reseller(n, now)
+        sender.send(ACCOUNTS, account["account_id"], orjson.dumps(account))
     for index in range(1, customers + 1):
         value = orjson.dumps(data.bench_account(index, now))
         sender.send(ACCOUNTS, data.customer_id(index), value, on_account(index))
@@ -213,6 +221,69 @@ def _quiesce(settings: Settings, timeout_s: float = QUIET_TIMEOUT_S) -> None:
         _progress(f"baseline: the sink caught up in {waited:.1f} s")
 
 
+class CpuMeter:
+    """CPU time the workers and the api spend on a phase, past what they use idle.
+
+    Throughput alone hides work that runs behind the ledger (the commissions agent, the
+    sink): the phase counts until every process is idle again, and the idle rate measured
+    before it (polling loops) is taken off.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.groups = {
+            "worker": metrics_urls(settings.worker_port),
+            "api": [f"{settings.api_url}/metrics"],
+        }
+        self.idle: dict[str, float] = {}
+        self.start: dict[str, float] = {}
+        self.started = 0.0
+
+    def _now(self) -> dict[str, float] | None:
+        out = {}
+        for name, urls in self.groups.items():
+            value = cpu_seconds(urls) if urls else None
+            if value is None:
+                return None
+            out[name] = value
+        return out
+
+    def begin(self) -> bool:
+        first = self._now()
+        time.sleep(CPU_IDLE_SAMPLE_S)
+        second = self._now()
+        if first is None or second is None:
+            _progress("cpu: no /metrics from the workers or the api; cpu figures left out")
+            return False
+        self.idle = {k: (second[k] - first[k]) / CPU_IDLE_SAMPLE_S for k in first}
+        self.start, self.started = second, time.monotonic()
+        return True
+
+    def end(self, events: int) -> dict[str, float]:
+        """Wait until every process is back to its idle rate; µs of CPU per event each."""
+        deadline = time.monotonic() + CPU_SETTLE_TIMEOUT_S
+        last = self._now()
+        while last is not None and time.monotonic() < deadline:
+            time.sleep(CPU_IDLE_SAMPLE_S)
+            now = self._now()
+            if now is None:
+                break
+            busy = any(
+                (now[k] - last[k]) / CPU_IDLE_SAMPLE_S > self.idle[k] + CPU_IDLE_MARGIN
+                for k in now
+            )
+            last = now
+            if not busy:
+                break
+        if last is None:
+            return {}
+        elapsed = time.monotonic() - self.started
+        figures: dict[str, float] = {"busy_s": round(elapsed, 2)}
+        for k in last:
+            used = last[k] - self.start[k] - self.idle[k] * elapsed
+            figures[f"{k}_cpu_us_per_event"] = round(max(used, 0.0) / events * 1e6, 2)
+        return figures
+
+
 def _baseline(settings: Settings, start: dict[int, int], events: int) -> list[float]:
     runs = []
     for attempt in range(BASELINE_RUNS):
@@ -223,7 +294,13 @@ def _baseline(settings: Settings, start: dict[int, int], events: int) -> list[fl
 
 
 def _measure(
-    settings: Settings, run_id: str, *, events: int, rate: float, customers: int
+    settings: Settings,
+    run_id: str,
+    *,
+    events: int,
+    rate: float,
+    customers: int,
+    cpu: dict[str, float],
 ) -> tuple[int, float, list[float], list[float]]:
     sender = Sender(settings, client_id=f"streambill-{run_id}")
     partitions = sender.partitions(USAGE)
@@ -232,8 +309,13 @@ def _measure(
         _progress(f"run {run_id}: {customers} customers, {partitions} partitions")
         _setup(sender, watcher, run_id, customers)
         start = usage_offsets(settings, USAGE)
+        meter = CpuMeter(settings)
+        metered = meter.begin()
         throughput_s = _throughput(sender, watcher, run_id, events, customers)
         _progress(f"throughput: {events / throughput_s:,.0f} events/s ({throughput_s:.2f} s)")
+        if metered:
+            cpu.update(meter.end(events))
+            _progress(f"cpu per event: {cpu}")
         _quiesce(settings)
         baseline_runs = _baseline(settings, start, events)
         _progress(f"latency: offering {rate:,.0f} events/s for {LATENCY_PHASE_S:.0f} s")
@@ -253,9 +335,10 @@ def run_bench(
         return 2
     started = time.monotonic()
     run_id = data.new_run_id()
+    cpu: dict[str, float] = {}
     try:
         partitions, throughput_s, baseline_runs, latencies_ms = _measure(
-            settings, run_id, events=events, rate=rate, customers=customers
+            settings, run_id, events=events, rate=rate, customers=customers, cpu=cpu
         )
     except (BenchError, KafkaException, TimeoutError, RuntimeError) as exc:
         _progress(f"FAILED: {exc}")
@@ -286,7 +369,7 @@ def run_bench(
         duration_s=time.monotonic() - started,
         run_id=run_id,
     )
-    result = {**bench_result(figures), **topup_figures}
+    result = {**bench_result(figures), **cpu, **topup_figures}
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     sys.stdout.flush()
     return 0

@@ -20,6 +20,32 @@ BENCH_UNIT_PRICE: Final = "0.10"
 BENCH_QUANTITY: Final = "1.0"
 # Ample credit per run so no balance goes below zero during a run (no depletion alerts).
 BENCH_TOPUP: Final = Decimal("100000.00")
+# Every bench customer belongs to one of these resellers, so a run carries the commissions
+# agent's work too (re-keying, accrual, entries), like real traffic of resold customers.
+BENCH_RESELLERS: Final = 4
+
+
+def reseller_id(index: int) -> str:
+    """The bench reseller of customer ``index``.
+
+    >>> reseller_id(7)
+    'bench_res_3'
+    """
+    return f"bench_res_{index % BENCH_RESELLERS}"
+
+
+def bench_reseller(n: int, updated_at: datetime) -> dict[str, Any]:
+    return {
+        "account_id": f"bench_res_{n}",
+        "kind": "reseller",
+        "parent_id": None,
+        "name": f"Bench reseller {n}",
+        "currency": BENCH_CURRENCY,
+        "status": "active",
+        "prices": [],
+        "auto_topup": None,
+        "updated_at": updated_at.isoformat(),
+    }
 
 
 def new_run_id() -> str:
@@ -53,7 +79,7 @@ def bench_account(index: int, updated_at: datetime) -> dict[str, Any]:
     return {
         "account_id": customer_id(index),
         "kind": "customer",
-        "parent_id": None,
+        "parent_id": reseller_id(index),
         "name": f"Bench customer {index}",
         "currency": BENCH_CURRENCY,
         "status": "active",

@@ -12,6 +12,7 @@ import httpx
 log = logging.getLogger(__name__)
 
 RSS_METRIC: Final = "process_resident_memory_bytes"
+CPU_METRIC: Final = "process_cpu_seconds_total"
 MAX_WORKERS_PROBED: Final = 32
 BYTES_PER_MB: Final = 1024 * 1024
 
@@ -86,3 +87,48 @@ def worker_memory(
         return WorkerMemory("metrics", scraped)
     log.info("no worker /metrics from port %d; trying pid files", first_port)
     return WorkerMemory("pidfile", _from_pid_files(data_dir / "run"))
+
+
+def metric_value(text: str, name: str) -> float | None:
+    """An unlabelled sample of a Prometheus exposition, or None.
+
+    >>> metric_value("process_cpu_seconds_total 12.5\\n", "process_cpu_seconds_total")
+    12.5
+    """
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == name:
+            return float(parts[-1])
+    return None
+
+
+def cpu_seconds(urls: list[str], timeout_s: float = 2.0) -> float | None:
+    """The CPU seconds the processes behind these /metrics urls have used, summed; None when
+    one does not answer (the figure would be wrong, not smaller)."""
+    total = 0.0
+    with httpx.Client(timeout=timeout_s) as client:
+        for url in urls:
+            try:
+                response = client.get(url)
+            except httpx.HTTPError:
+                return None
+            value = metric_value(response.text, CPU_METRIC) if response.status_code == 200 else None
+            if value is None:
+                return None
+            total += value
+    return total
+
+
+def metrics_urls(first_port: int, host: str = "127.0.0.1", timeout_s: float = 2.0) -> list[str]:
+    """The /metrics urls of the running workers (numbered from the first port)."""
+    urls = []
+    with httpx.Client(timeout=timeout_s) as client:
+        for index in range(MAX_WORKERS_PROBED):
+            url = f"http://{host}:{first_port + index}/metrics"
+            try:
+                if client.get(url).status_code != 200:
+                    break
+            except httpx.HTTPError:
+                break
+            urls.append(url)
+    return urls
