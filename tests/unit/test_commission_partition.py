@@ -175,6 +175,15 @@ def test_a_plan_change_restates_the_month_at_the_new_rates() -> None:
         Record(FACTS, 0, 5, b"res_1", ledger(3, "c1", 3, "usage", 100_000_000, at, "EUR")), "t"
     )
     month = part.books["res_1"].month("2026-11")
+    assert month.base_micros == 0  # the open slice is booked when it closes
+    out = part.handle(Record(FACTS, 0, 6, MARKER_KEY, tick_marker(0).value), "t")
+    accrual = orjson.loads(out[-1].value or b"")
+    assert (accrual["kind"], accrual["amount_micros"], accrual["facts"]) == (
+        "accrual",
+        150_000_000,
+        3,
+    )
+    assert accrual["customers"] == {"c1": 300_000_000}
     assert month.base_micros == 300_000_000
     assert month.commission_micros == 150_000_000  # 50% of the whole month's 300.00
     assert [t.rate for t in part.books["res_1"].plan.tiers] == [Decimal("0.5")]

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Final
 
 import orjson
@@ -65,7 +66,7 @@ RATES_OVERLAP: Final = timedelta(minutes=5)
 # Ledger kinds that count for commissions; the rest are not forwarded.
 FORWARDED: Final = frozenset({b"usage", b"topup", b"refund", b"chargeback"})
 
-FACTS_TOTAL = Counter("streambill_commission_facts_total", "Ledger entries forwarded by reseller")
+FACTS_TOTAL = Counter("streambill_commission_ledger_read_total", "Ledger entries read to re-key")
 ENTRIES_TOTAL = Counter("streambill_commission_entries_total", "Commission entries emitted")
 PARKED = Gauge(
     "streambill_commission_parked_facts",
@@ -76,27 +77,80 @@ CHECKPOINT_SECONDS = Gauge(
 )
 
 
-def rekey(value: bytes, partitions: int) -> Message | None:
-    """The facts-topic message for one ledger entry, or None when it does not count.
+_RESELLER: Final = b'"reseller_id":'
+_KIND: Final = b'"kind":"'
 
-    >>> m = rekey(b'{"customer_id":"c","reseller_id":"r","kind":"usage"}', 4)
-    >>> (m.topic, m.key)
-    ('streambill.commission-facts.v1', b'r')
-    >>> rekey(b'{"customer_id":"c","reseller_id":null,"kind":"usage"}', 4) is None
+
+def reseller_of(value: bytes) -> bytes | None:
+    """The reseller id of a ledger entry that counts for commissions, else None.
+
+    The reseller and the kind are read by a scan of the bytes (entries are written by the
+    balances agent with orjson: no spaces, these keys once, ids never escaped), a fraction
+    of a full decode; anything unexpected goes through the full decode.
+
+    >>> reseller_of(b'{"customer_id":"c","reseller_id":"r","kind":"usage"}')
+    b'r'
+    >>> reseller_of(b'{"customer_id":"c","reseller_id":null,"kind":"usage"}') is None
     True
+    >>> reseller_of(b'{"customer_id":"c","reseller_id":"r","kind":"adjustment"}') is None
+    True
+    >>> reseller_of(b'{"reseller_id": "r", "kind": "topup"}')  # not our layout: decoded
+    b'r'
     """
-    try:
-        obj = orjson.loads(value)
-        reseller_id = obj.get("reseller_id")
-        kind = obj.get("kind")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None  # the balances agent only writes valid entries; nothing to accrue
-    if not isinstance(reseller_id, str) or not isinstance(kind, str):
-        return None
-    if kind.encode() not in FORWARDED:
-        return None
-    key = reseller_id.encode()
-    return Message(FACTS, partition_for(key, partitions), key, value)
+    at = value.find(_RESELLER)
+    reseller: bytes | None = None
+    kind: bytes | None = None
+    if at >= 0:
+        start = at + len(_RESELLER)
+        if value.startswith(b"null", start):
+            return None
+        if value[start : start + 1] == b'"':
+            end = value.find(b'"', start + 1)
+            kind_at = value.find(_KIND, end)
+            if end > start and kind_at > 0:
+                kind_start = kind_at + len(_KIND)
+                reseller = value[start + 1 : end]
+                kind = value[kind_start : value.find(b'"', kind_start)]
+    if reseller is None or kind is None or b"\\" in reseller:
+        try:
+            obj = orjson.loads(value)
+            rid, name = obj.get("reseller_id"), obj.get("kind")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None  # the balances agent only writes valid entries; nothing to accrue
+        if not isinstance(rid, str) or not isinstance(name, str):
+            return None
+        reseller, kind = rid.encode(), name.encode()
+    return reseller if kind in FORWARDED else None
+
+
+def rekey(values: list[bytes], partitions: int) -> list[Message]:
+    """One facts message per reseller for a batch of ledger entries: a JSON array of its
+    entries in ledger order (a message per entry would cost the producer, the broker and
+    the reader more than the accrual itself).
+
+    >>> [(m.key, m.value) for m in rekey([b'{"reseller_id":"r","kind":"usage","n":1}',
+    ...                                   b'{"reseller_id":null,"kind":"usage"}',
+    ...                                   b'{"reseller_id":"r","kind":"topup","n":2}'], 4)]
+    [(b'r', b'[{"reseller_id":"r","kind":"usage","n":1},{"reseller_id":"r","kind":"topup","n":2}]')]
+    """
+    grouped: dict[bytes, list[bytes]] = {}
+    for value in values:
+        reseller = reseller_of(value)
+        if reseller is not None:
+            held = grouped.get(reseller)
+            if held is None:
+                grouped[reseller] = [value]
+            else:
+                held.append(value)
+    return [
+        Message(FACTS, _route(reseller, partitions), reseller, b"[" + b",".join(held) + b"]")
+        for reseller, held in grouped.items()
+    ]
+
+
+@lru_cache(maxsize=65536)
+def _route(key: bytes, partitions: int) -> int:
+    return partition_for(key, partitions)
 
 
 class CommissionAgent:
@@ -212,10 +266,9 @@ class CommissionAgent:
         return [m for m in self._consumer.consume(BATCH_MAX, POLL_S) if m.error() is None]
 
     async def handle(self, messages: list[Any]) -> None:
-        facts: list[Message] = []
+        ledger: list[bytes] = []
         entries: list[Message] = []
         created_at = datetime.now(UTC).isoformat()
-        partitions = self.partitions
         for m in messages:
             partition = m.partition()
             if partition not in self.assigned:
@@ -223,10 +276,8 @@ class CommissionAgent:
             value = m.value()
             if m.topic() == topics.LEDGER:
                 self.ledger_next[partition] = m.offset() + 1
-                if value is not None and m.key() is not None:
-                    fact = rekey(value, partitions)
-                    if fact is not None:
-                        facts.append(fact)
+                if value is not None:
+                    ledger.append(value)
             else:
                 book = self.books[partition]
                 if m.offset() < book.next_offset:
@@ -235,9 +286,10 @@ class CommissionAgent:
                 entries += book.handle(rec, created_at)
         # Facts first: the ledger offsets stored at the next checkpoint must never run
         # ahead of facts the broker has not acknowledged; entries likewise for the books.
+        facts = rekey(ledger, self.partitions)
         if facts:
             await self.publisher.publish(facts)
-            FACTS_TOTAL.inc(len(facts))
+            FACTS_TOTAL.inc(len(ledger))
         if entries:
             await self.publisher.publish(entries)
             ENTRIES_TOTAL.inc(len(entries))

@@ -24,6 +24,7 @@ fact's ``accrual`` follows at that rate.
 [('accrual', 225000000)]
 >>> [(e.kind, e.amount_micros) for e in book.apply(Fact("e2", "cus_1", "usage", 200_000_000, at))]
 [('true_up', 22500000), ('accrual', 55000000)]
+>>> from streambill.domain.money import round_micros
 >>> book.month("2026-11").commission_micros, round_micros(Decimal("1100") * Decimal("0.275"))
 (302500000, 302500000)
 >>> book.apply(Fact("e2", "cus_1", "usage", 200_000_000, at))  # a duplicate changes nothing
@@ -41,7 +42,8 @@ from functools import cache, lru_cache
 from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
-from streambill.domain.money import MICROS_PER_UNIT, round_micros, scale_micros
+from streambill.domain.money import MICROS_PER_UNIT, scale_micros
+from streambill.errors import InvalidEvent
 
 KINDS: Final = frozenset({"usage", "refund", "chargeback", "topup"})
 DEDUP_MAX: Final = 1_000_000
@@ -230,8 +232,13 @@ class ResellerBook:
             state = self.months[month] = MonthState()
         return state
 
-    def apply(self, fact: Fact) -> list[CommissionEntry]:
-        """The commission entries one fact makes (none for a duplicate or another kind)."""
+    def apply(self, fact: Fact, *, defer: bool = False) -> list[CommissionEntry]:
+        """The commission entries one fact makes (none for a duplicate or another kind).
+
+        With ``defer``, the fact's part of the month's base is left to the caller, who sums
+        such parts and books them with :meth:`accrue` (the streaming agent does, once per
+        slice of facts); bonuses and the customer's state are still handled here.
+        """
         customer = self.customers.get(fact.customer_id)
         if fact.seq is not None:
             if customer is not None and fact.seq <= customer.last_seq:
@@ -252,12 +259,28 @@ class ResellerBook:
         if fact.kind == "topup":
             return self._topup(fact, month, customer)
         sign = 1 if fact.kind == "usage" else -1
-        out = self._accrue(fact, month, sign * fact.amount_micros)
+        out = [] if defer else self._accrue(fact, month, sign * fact.amount_micros)
         if fact.kind == "usage":
             customer.usage_months.add(month)
             out += self._high_usage(fact, month)
             out += self._loyalty(fact, customer)
         return out
+
+    def accrue(
+        self, source_id: str, month: str, delta_micros: int, at: datetime, customer_id: str = ""
+    ) -> list[CommissionEntry]:
+        """Book ``delta_micros`` more base for ``month`` (usage minus refunds of several facts,
+        see ``apply(defer=True)``): a ``true_up`` if the tier changes, then the ``accrual``.
+        Entry ids are ``<source_id>:<kind>``.
+
+        >>> from datetime import UTC
+        >>> book = ResellerBook("res_1", Plan(currency="EUR"))
+        >>> at = datetime(2026, 11, 3, tzinfo=UTC)
+        >>> [(e.entry_id, e.amount_micros) for e in book.accrue("s1", "2026-11", 1_200_000_000, at)]
+        [('s1:accrual', 330000000)]
+        """
+        fact = Fact(source_id, customer_id, "usage", abs(delta_micros), at)
+        return self._accrue(fact, month, delta_micros)
 
     def _accrue(self, fact: Fact, month: str, delta: int) -> list[CommissionEntry]:
         state = self.month(month)
@@ -270,7 +293,8 @@ class ResellerBook:
             restated = self.plan.at_rate(state.base_micros, tier_after)
             change = restated - state.commission_micros
             state.tier, state.commission_micros = tier_after, restated
-            out.append(self._entry(fact, month, "true_up", change))
+            if change:  # nothing to restate when the month had no base before
+                out.append(self._entry(fact, month, "true_up", change))
         target = self.plan.at_rate(base_after, tier_after)
         change = target - state.commission_micros
         state.base_micros, state.commission_micros = base_after, target
@@ -350,8 +374,8 @@ class ResellerBook:
         []
         >>> [e.amount_micros for e in again.apply(Fact("e2", "c", "usage", 1, at, seq=2))]
         [0]
-        >>> again.month("2026-11").base_micros, again.position  # true_up, accrual, accrual
-        (2000000001, 3)
+        >>> again.month("2026-11").base_micros, again.position  # two accruals
+        (2000000001, 2)
         """
         return {
             "position": self.position,
@@ -486,7 +510,9 @@ def plan_from_document(
     )
 
 
-class InvalidPlan(ValueError):
+class InvalidPlan(InvalidEvent):
+    """A commission plan document that is not a sane plan."""
+
     code = "invalid_plan"
 
 

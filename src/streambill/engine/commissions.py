@@ -191,27 +191,41 @@ class CommissionPartition:
         return out
 
     def _fact(self, rec: Record, created_at: str) -> list[Message]:
+        """One ledger entry, or a JSON array of them (the re-key stage sends a reseller's
+        entries of one batch as one message)."""
         raw = rec.value or b""
         try:
-            obj = orjson.loads(raw)
-            reseller_id = obj["reseller_id"]
-            if not isinstance(reseller_id, str):
-                raise TypeError("reseller_id")
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            return [self._dead(rec, f"not a ledger entry with a reseller: {exc}")]
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return [self._dead(rec, f"not JSON: {exc}")]
+        if not isinstance(doc, list):
+            return self._one(rec, doc, raw, created_at)
+        out: list[Message] = []
+        for obj in doc:
+            out += self._one(rec, obj, None, created_at)
+        return out
+
+    def _one(self, rec: Record, obj: Any, raw: bytes | None, created_at: str) -> list[Message]:
+        reseller_id = obj.get("reseller_id") if isinstance(obj, dict) else None
+        if not isinstance(reseller_id, str):
+            text = orjson.dumps(obj) if raw is None else raw
+            bad = Record(rec.topic, rec.partition, rec.offset, rec.key, text)
+            return [self._dead(bad, "not a ledger entry with a reseller")]
         self.facts += 1
         if reseller_id in self.parked or reseller_id not in self.books:
-            self._park(reseller_id, raw)
+            self._park(reseller_id, orjson.dumps(obj) if raw is None else raw)
             if reseller_id not in self.books:
                 self.wants_plan.add(reseller_id)
             return []
         try:
             return self._apply(self.books[reseller_id], obj, created_at)
         except _Parked:
-            self._park(reseller_id, raw)
+            self._park(reseller_id, orjson.dumps(obj) if raw is None else raw)
             return []
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
-            return [self._dead(rec, f"ledger entry cannot be accrued: {exc!r}")]
+            text = orjson.dumps(obj) if raw is None else raw
+            bad = Record(rec.topic, rec.partition, rec.offset, rec.key, text)
+            return [self._dead(bad, f"ledger entry cannot be accrued: {exc!r}")]
 
     def _apply(self, book: ResellerBook, obj: dict[str, Any], created_at: str) -> list[Message]:
         customer_id = obj["customer_id"]
@@ -238,15 +252,16 @@ class CommissionPartition:
             amount,
             at,
             obj.get("meter"),
-            Decimal(str(quantity)) if quantity is not None else Decimal(0),
+            Decimal(quantity) if isinstance(quantity, str) else Decimal(0),
             seq,
         )
-        out = []
-        for e in book.apply(fact):
-            if e.kind == "accrual":
-                self._fold(e, obj, fx)
-            else:
-                out.append(self._message(book.reseller_id, entry_json(e, obj, fx, created_at)))
+        # Bonuses come back at once; the fact's part of the base is summed into the slice.
+        out = [
+            self._message(book.reseller_id, entry_json(e, obj, fx, created_at))
+            for e in book.apply(fact, defer=True)
+        ]
+        if kind != "topup":
+            self._fold(book, fact, obj, fx)
         return out
 
     def _message(self, reseller_id: str, doc: dict[str, Any]) -> Message:
@@ -256,77 +271,76 @@ class CommissionPartition:
             part = self._routes[key] = partition_for(key, self.partitions)
         return Message(topics.COMMISSIONS, part, key, orjson.dumps(doc))
 
-    def _fold(self, e: CommissionEntry, source: dict[str, Any], fx: Conversion | None) -> None:
-        fx_rate = str(fx.rate) if fx is not None else ""
-        fx_date = str(fx.rate_date) if fx is not None else ""
-        kind = source["kind"]
-        key = (e.reseller_id, e.month, kind, source["currency"], fx_rate, fx_date)
+    def _fold(
+        self, book: ResellerBook, fact: Fact, source: dict[str, Any], fx: Conversion | None
+    ) -> None:
+        month = book.plan.month_of(fact.occurred_at)
+        delta = fact.amount_micros if fact.kind == "usage" else -fact.amount_micros
+        if fx is None:
+            key: tuple[str, ...] = (book.reseller_id, month, fact.kind, source["currency"], "", "")
+        else:
+            key = (
+                book.reseller_id,
+                month,
+                fact.kind,
+                source["currency"],
+                str(fx.rate),
+                str(fx.rate_date),
+            )
         held = self.slice.get(key)
         if held is None:
-            held = self.slice[key] = {"amount": 0, "base_delta": 0, "source": 0, "facts": 0}
-            held["customers"] = {}
+            held = self.slice[key] = {"base_delta": 0, "source": 0, "facts": 0, "customers": {}}
         if self.slice_start is None:
             self.slice_start = self._offset
         self.slice_facts += 1
-        held["amount"] += e.amount_micros
-        held["base_delta"] += e.base_delta_micros
+        held["base_delta"] += delta
         held["source"] += abs(int(source["amount_micros"]))
         held["facts"] += 1
         customers = held["customers"]
-        customers[e.customer_id] = customers.get(e.customer_id, 0) + e.base_delta_micros
-        # The month as it stands after the slice's last fact.
-        held["last"] = [
-            e.base_micros,
-            e.tier,
-            str(e.rate),
-            e.position,
-            e.month_commission_micros,
-            e.month_bonus_micros,
-            e.source_entry_id,
-            source["occurred_at"],
-            e.currency,
-        ]
+        customers[fact.customer_id] = customers.get(fact.customer_id, 0) + delta
+        held["last"] = [fact.entry_id, source["occurred_at"]]
 
     def close_slice(self, created_at: str) -> list[Message]:
-        """The open slice's accrual entries (one per reseller, month and conversion)."""
+        """Book the open slice's sums: per reseller, month and conversion a ``true_up`` when
+        the tier changes, and one ``accrual``; ids from the slice's first offset."""
         if self.slice_start is None:
             return []
         out = []
         for n, key in enumerate(sorted(self.slice)):
             reseller_id, month, kind, source_currency, fx_rate, fx_date = key
             held = self.slice[key]
-            base, tier, rate, position, month_commission, month_bonus, last_id, at, currency = held[
-                "last"
-            ]
+            book = self.books[reseller_id]
+            last_id, at = held["last"]
+            source_id = f"{reseller_id}:{month}:{self.partition}-{self.slice_start}-{n}"
             customers = held["customers"]
-            slice_id = f"{self.partition}-{self.slice_start}-{n}"
-            doc = {
-                "entry_id": f"{reseller_id}:{month}:accrual:{slice_id}",
-                "reseller_id": reseller_id,
-                "customer_id": next(iter(customers)) if len(customers) == 1 else "",
-                "month": month,
-                "kind": "accrual",
-                "amount_micros": held["amount"],
-                "currency": currency,
-                "base_micros": base,
-                "base_delta_micros": held["base_delta"],
-                "tier": tier,
-                "rate": rate,
-                "position": position,
-                "month_commission_micros": month_commission,
-                "month_bonus_micros": month_bonus,
-                "customers": customers,
-                "facts": held["facts"],
-                "source_entry_id": last_id,
-                "source_kind": kind,
-                "source_amount_micros": held["source"],
-                "source_currency": source_currency,
-                "fx_rate": fx_rate or None,
-                "fx_date": fx_date or None,
-                "occurred_at": at,
-                "created_at": created_at,
-            }
-            out.append(self._message(reseller_id, doc))
+            for e in book.accrue(source_id, month, held["base_delta"], datetime.fromisoformat(at)):
+                doc = {
+                    "entry_id": e.entry_id,
+                    "reseller_id": reseller_id,
+                    "customer_id": next(iter(customers)) if len(customers) == 1 else "",
+                    "month": month,
+                    "kind": e.kind,
+                    "amount_micros": e.amount_micros,
+                    "currency": e.currency,
+                    "base_micros": e.base_micros,
+                    "base_delta_micros": e.base_delta_micros,
+                    "tier": e.tier,
+                    "rate": str(e.rate),
+                    "position": e.position,
+                    "month_commission_micros": e.month_commission_micros,
+                    "month_bonus_micros": e.month_bonus_micros,
+                    "customers": customers if e.kind == "accrual" else {},
+                    "facts": held["facts"] if e.kind == "accrual" else 0,
+                    "source_entry_id": last_id,
+                    "source_kind": kind,
+                    "source_amount_micros": held["source"] if e.kind == "accrual" else 0,
+                    "source_currency": source_currency,
+                    "fx_rate": fx_rate or None,
+                    "fx_date": fx_date or None,
+                    "occurred_at": at,
+                    "created_at": created_at,
+                }
+                out.append(self._message(reseller_id, doc))
         self.slice.clear()
         self.slice_start = None
         self.slice_facts = 0
