@@ -42,7 +42,13 @@ from streambill.loadgen.kafka import (
 from streambill.loadgen.stats import BenchFigures, bench_result
 from streambill.loadgen.topups import TopupBenchError, run_topups
 from streambill.loadgen.traffic import Pacer
-from streambill.loadgen.workers import cpu_seconds, metrics_urls, worker_memory
+from streambill.loadgen.workers import (
+    cpu_seconds,
+    metrics_urls,
+    proc_cpu_seconds,
+    support_pids,
+    worker_memory,
+)
 from streambill.settings import Settings
 from streambill.streams.topics import ACCOUNTS, LEDGER, PAYMENTS, SINK_GROUP, USAGE
 
@@ -234,6 +240,8 @@ class CpuMeter:
             "worker": metrics_urls(settings.worker_port),
             "api": [f"{settings.api_url}/metrics"],
         }
+        # The embedded broker: the stack's pid files (none with an external Kafka).
+        self.broker_pids = support_pids(settings.data_dir / "run")
         self.idle: dict[str, float] = {}
         self.start: dict[str, float] = {}
         self.started = 0.0
@@ -245,17 +253,38 @@ class CpuMeter:
             if value is None:
                 return None
             out[name] = value
+        if self.broker_pids:
+            broker = proc_cpu_seconds(self.broker_pids)
+            if broker is None:
+                return None
+            out["broker"] = broker
         return out
 
     def begin(self) -> bool:
-        first = self._now()
-        time.sleep(CPU_IDLE_SAMPLE_S)
-        second = self._now()
-        if first is None or second is None:
+        """Wait until the processes settle (what the setup started has finished: two
+        one-second rates in a row within the margin), then take those rates as idle."""
+        deadline = time.monotonic() + CPU_SETTLE_TIMEOUT_S
+        before = self._now()
+        rates: dict[str, float] | None = None
+        while before is not None:
+            time.sleep(CPU_IDLE_SAMPLE_S)
+            now = self._now()
+            if now is None:
+                before = None
+                break
+            new = {k: (now[k] - before[k]) / CPU_IDLE_SAMPLE_S for k in now}
+            settled = rates is not None and all(
+                abs(new[k] - rates[k]) <= CPU_IDLE_MARGIN for k in new
+            )
+            before, rates = now, new
+            if settled or time.monotonic() > deadline:
+                break
+        if before is None or rates is None:
             _progress("cpu: no /metrics from the workers or the api; cpu figures left out")
             return False
-        self.idle = {k: (second[k] - first[k]) / CPU_IDLE_SAMPLE_S for k in first}
-        self.start, self.started = second, time.monotonic()
+        self.idle = rates
+        self.start, self.started = before, time.monotonic()
+        _progress("cpu: idle " + ", ".join(f"{k} {v:.2f} cores" for k, v in rates.items()))
         return True
 
     def end(self, events: int) -> dict[str, float]:
@@ -268,8 +297,7 @@ class CpuMeter:
             if now is None:
                 break
             busy = any(
-                (now[k] - last[k]) / CPU_IDLE_SAMPLE_S > self.idle[k] + CPU_IDLE_MARGIN
-                for k in now
+                (now[k] - last[k]) / CPU_IDLE_SAMPLE_S > self.idle[k] + CPU_IDLE_MARGIN for k in now
             )
             last = now
             if not busy:
@@ -278,9 +306,12 @@ class CpuMeter:
             return {}
         elapsed = time.monotonic() - self.started
         figures: dict[str, float] = {"busy_s": round(elapsed, 2)}
+        total = 0.0
         for k in last:
-            used = last[k] - self.start[k] - self.idle[k] * elapsed
-            figures[f"{k}_cpu_us_per_event"] = round(max(used, 0.0) / events * 1e6, 2)
+            used = max(last[k] - self.start[k] - self.idle[k] * elapsed, 0.0)
+            figures[f"{k}_cpu_us_per_event"] = round(used / events * 1e6, 2)
+            total += used
+        figures["pipeline_cpu_us_per_event"] = round(total / events * 1e6, 2)
         return figures
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -132,3 +133,31 @@ def metrics_urls(first_port: int, host: str = "127.0.0.1", timeout_s: float = 2.
                 break
             urls.append(url)
     return urls
+
+
+def proc_cpu_seconds(pids: list[int]) -> float | None:
+    """CPU seconds (user + system) of processes from /proc/<pid>/stat, summed; None when
+    one is gone."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def support_pids(run_dir: Path) -> list[int]:
+    """The stack's processes besides workers and api (the broker, localbucket), from the
+    pid files ``streambill up`` writes."""
+    pids = []
+    for pid_file in sorted(run_dir.glob("*.pid")):
+        if pid_file.stem.startswith(("worker", "api")):
+            continue
+        try:
+            pids.append(int(pid_file.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return pids
