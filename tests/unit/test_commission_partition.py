@@ -73,7 +73,17 @@ def partitions(draw: st.DrawFn) -> list[tuple[bytes, bytes]]:
         if draw(st.integers(0, 15)) == 0:  # a record forwarded twice (a re-key replay)
             records.append(records[-1])
     records.append((MARKER_KEY, tick_marker(0).value))
-    return records
+    # The re-key stage sends a batch's entries of one reseller as one JSON array: merge runs
+    # of facts at random.
+    merged: list[tuple[bytes, bytes]] = []
+    for key, value in records:
+        if key != MARKER_KEY and merged and merged[-1][0] != MARKER_KEY and draw(st.booleans()):
+            before = merged[-1][1]
+            head = before[1:-1] if before.startswith(b"[") else before
+            merged[-1] = (key, b"[" + head + b"," + value + b"]")
+        else:
+            merged.append((key, value))
+    return merged
 
 
 def run(records: list[tuple[bytes, bytes]], cuts: list[int]) -> dict[str, dict[str, object]]:
