@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from commissionbook import CommissionFeed, CustomerPlan, ledger_history, reference_rates
+from streambill.analytics import commissions as commission_reads
 from streambill.analytics import queries
 from streambill.analytics.client import AsyncClickHouse
 from streambill.analytics.migrate import migrate
 from streambill.analytics.sink import GROUP_ID, SINK_TOPICS, ClickHouseSink
+from streambill.domain.commissions import Plan
 from streambill.settings import Settings, load_settings
 from streambill.streams import topics
 
@@ -257,3 +261,42 @@ async def test_a_failed_flush_is_retried_and_nothing_is_committed_meanwhile(
         await sink.stop()
         await ch.close()
     assert await committed(bootstrap) == 4 + 61
+
+
+async def test_commission_entries_land_once_each_and_add_up(bootstrap: str, tmp_path: Path) -> None:
+    customers = [
+        CustomerPlan("cus_a", "res_1", "EUR", T0 - timedelta(days=60), Decimal("2.5")),
+        CustomerPlan("cus_u", "res_1", "USD", T0 - timedelta(days=40), Decimal("1.1")),
+    ]
+    feed = CommissionFeed("res_1", Plan(currency="EUR"), reference_rates())
+    for entry in ledger_history(customers, months=3, heavy="cus_a"):
+        feed.apply(entry)
+    emitted = feed.emitted
+    replayed = emitted[: len(emitted) // 2]  # the agent re-emits after a restart
+    produce_json(bootstrap, topics.COMMISSIONS, emitted + replayed, "reseller_id")
+    produce(bootstrap, topics.COMMISSIONS, [("res_1", b'{"entry_id": "broken"}')])
+    settings = _settings(bootstrap, tmp_path)
+    ch = await AsyncClickHouse.open(settings.clickhouse_dsn)
+    await ch.run(migrate)
+    sink = ClickHouseSink(settings, ch)
+    await sink.start()
+    try:
+
+        async def all_in() -> bool:
+            return await committed(bootstrap) == len(emitted) + len(replayed) + 1
+
+        await eventually(all_in)
+        assert await scalar(ch, "SELECT count() FROM commissions FINAL") == len(emitted)
+        for month, (base, commission, bonus) in feed.figures().items():
+            totals = await ch.run(commission_reads.month_totals, "res_1", month)
+            assert totals is not None, month
+            assert (totals.base_micros, totals.commission_micros, totals.bonus_micros) == (
+                base,
+                commission,
+                bonus,
+            )
+            assert totals.entry_count == sum(1 for e in emitted if e["month"] == month)
+        assert {e["kind"] for e in emitted} >= {"true_up", "bonus_high_usage"}
+    finally:
+        await sink.stop()
+        await ch.close()

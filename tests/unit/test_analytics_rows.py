@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -15,14 +16,16 @@ from streambill.analytics.ledger_view import LedgerView
 from streambill.analytics.migrate import load_migrations
 from streambill.analytics.rows import (
     TABLE_SPECS,
+    CommissionRow,
     LedgerRow,
     alert_row,
+    commission_row,
     deadletter_row,
     ledger_entry_json,
     ledger_row,
     usage_row,
 )
-from streambill.analytics.sink import map_message
+from streambill.analytics.sink import SINK_TOPICS, map_message
 from streambill.errors import InvalidEvent, InvalidJson
 from streambill.streams import topics
 
@@ -305,3 +308,138 @@ def test_usage_rows_are_the_same_on_the_fast_path_and_the_model(change: dict[str
     assert row.quantity_text == str(event.quantity)
     assert row.occurred_at == event.occurred_at
     assert orjson.loads(row.attributes) == event.attributes
+
+
+# --- commission entries -------------------------------------------------------------------
+
+
+def commission_msg(**overrides: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "entry_id": "led-9:accrual",
+        "reseller_id": "res_1",
+        "customer_id": "cus_1",
+        "month": "2026-11",
+        "kind": "accrual",
+        "amount_micros": 55000000,
+        "currency": "EUR",
+        "base_micros": 1100000000,
+        "base_delta_micros": 200000000,
+        "tier": 1,
+        "rate": "0.275",
+        "position": 17,
+        "month_commission_micros": 302500000,
+        "month_bonus_micros": 5000000,
+        "source_entry_id": "led-9",
+        "source_kind": "usage",
+        "source_amount_micros": 216000000,
+        "source_currency": "USD",
+        "fx_rate": "0.9259259259",
+        "fx_date": "2026-11-20",
+        "occurred_at": "2026-11-03T11:00:00+01:00",
+        "created_at": "2026-11-03T10:00:00.123456+00:00",
+    }
+    entry.update(overrides)
+    return entry
+
+
+def test_commission_row_keeps_every_field_exactly() -> None:
+    row = commission_row(raw(commission_msg()), 3, 9)
+    assert row.amount_micros == 55000000 and type(row.amount_micros) is int
+    assert (row.rate, row.fx_rate) == ("0.275", "0.9259259259")
+    assert row.fx_date == date(2026, 11, 20)
+    assert row.occurred_at == datetime(2026, 11, 3, 10, 0, tzinfo=UTC)
+    assert row.created_at.microsecond == 123456
+    assert (row.tier, row.position, row.month) == (1, 17, "2026-11")
+    same_currency = commission_row(
+        raw(commission_msg(source_currency="EUR", fx_rate=None, fx_date=None))
+    )
+    assert (same_currency.fx_rate, same_currency.fx_date) == (None, None)
+    # another currency's customer, nothing converted: a top-up's fixed bonus
+    topup = {"kind": "bonus_new_customer", "source_kind": "topup"}
+    bonus = commission_row(raw(commission_msg(**topup, fx_rate=None, fx_date=None)))
+    assert (bonus.source_currency, bonus.fx_rate, bonus.fx_date) == ("USD", None, None)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"entry_id": ""},
+        {"entry_id": None},
+        {"reseller_id": 7},
+        {"month": "2026-13"},
+        {"month": "2026-1"},
+        {"month": "2026-11-01"},
+        {"kind": "payout"},
+        {"amount_micros": 1.5},
+        {"amount_micros": "55000000"},
+        {"amount_micros": True},
+        {"base_delta_micros": 2**63},
+        {"currency": "JPY"},
+        {"source_currency": "eur"},
+        {"tier": -1},
+        {"tier": 256},
+        {"tier": "1"},
+        {"position": 0},
+        {"position": 17.0},
+        {"rate": 0.275},
+        {"rate": "1.5"},
+        {"rate": "-0.1"},
+        {"rate": "NaN"},
+        {"rate": "lots"},
+        {"fx_rate": None},
+        {"fx_date": None},
+        {"fx_rate": "0"},
+        {"fx_date": "20261120"},
+        {"fx_date": "2026-11-31"},
+        {"source_currency": "EUR"},  # same currency: fx must be null
+        {"occurred_at": "2026-11-03T10:00:00"},
+        {"created_at": "yesterday"},
+        {"source_kind": None},
+        {"customer_id": None},
+        {"customers": []},
+        {"customers": {"cus_1": 100_000_000, "cus_2": 100_000_001}},  # not the base delta
+        {"customers": {"": 200_000_000}},
+        {"customers": {"cus_1": 200_000_000.0}},
+        {"facts": -1},
+        {"facts": True},
+        {"facts": 2**32},
+    ],
+)
+def test_bad_commission_entries_are_rejected(overrides: dict[str, Any]) -> None:
+    with pytest.raises(InvalidEvent):
+        commission_row(raw(commission_msg(**overrides)))
+
+
+def test_an_accrual_slice_keeps_each_customers_part() -> None:
+    parts = {"cus_1": 150_000_000, "cus_2": 70_000_000, "cus_3": -20_000_000}
+    row = commission_row(raw(commission_msg(customer_id="", customers=parts, facts=41)))
+    assert (row.customer_id, row.customers, row.facts) == ("", parts, 41)
+    single = commission_row(raw(commission_msg()))  # the brief's shape: one ledger entry
+    assert (single.customer_id, single.customers, single.facts) == ("cus_1", {}, 1)
+
+
+def test_commission_entries_land_in_the_commissions_table_once_per_entry_id() -> None:
+    spec = TABLE_SPECS[topics.COMMISSIONS]
+    assert (spec.table, spec.mapper) == ("commissions", commission_row)
+    batch = Batch()
+    first = commission_row(raw(commission_msg()))
+    batch.add(topics.COMMISSIONS, 0, 1, spec, first)
+    batch.add(topics.COMMISSIONS, 0, 2, spec, commission_row(raw(commission_msg())))
+    batch.add(topics.COMMISSIONS, 0, 3, spec, map_message(spec, 0, 3, b'{"kind": "accrual"}'))
+    assert batch.tables() == {"commissions": [first]}
+    assert batch.duplicates == {"commissions": 1}
+    assert batch.next_offsets() == {(topics.COMMISSIONS, 0): 4}
+
+
+def test_the_sink_consumes_and_inserts_every_mapped_topic() -> None:
+    from streambill.analytics.sink import _TABLE_ORDER
+
+    assert set(SINK_TOPICS) == set(TABLE_SPECS) and topics.COMMISSIONS in SINK_TOPICS
+    assert sorted(_TABLE_ORDER) == sorted(spec.table for spec in TABLE_SPECS.values())
+
+
+def test_commission_row_columns_are_the_tables_columns() -> None:
+    (migration,) = [m for m in load_migrations() if m.name.endswith("commissions")]
+    body = migration.sql.split("(", 1)[1].rsplit(")", 1)[0]
+    declared = re.findall(r"^\s+`?(\w+)`?\s+\w", body, flags=re.MULTILINE)
+    assert tuple(c for c in declared if c != "inserted_at") == CommissionRow._fields

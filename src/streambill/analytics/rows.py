@@ -12,9 +12,10 @@ is a bug upstream, and stopping the sink for it would stop the dashboards, not f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -92,7 +93,36 @@ class DeadLetterRow(NamedTuple):
     failed_at: datetime
 
 
-Row = LedgerRow | UsageRow | AlertRow | DeadLetterRow
+class CommissionRow(NamedTuple):
+    """A ``billing.commissions.v1`` entry: the ``commissions`` table's columns, in order."""
+
+    entry_id: str
+    reseller_id: str
+    customer_id: str
+    month: str
+    kind: str
+    amount_micros: int
+    currency: str
+    base_micros: int
+    base_delta_micros: int
+    tier: int
+    rate: str
+    position: int
+    month_commission_micros: int
+    month_bonus_micros: int
+    customers: dict[str, int]  # an accrual slice: each customer's part of base_delta_micros
+    facts: int  # the ledger entries the entry sums
+    source_entry_id: str
+    source_kind: str
+    source_amount_micros: int
+    source_currency: str
+    fx_rate: str | None
+    fx_date: date | None
+    occurred_at: datetime
+    created_at: datetime
+
+
+Row = LedgerRow | UsageRow | AlertRow | DeadLetterRow | CommissionRow
 Mapper = Callable[[bytes, int, int], Any]
 
 
@@ -284,6 +314,175 @@ def deadletter_row(raw: bytes, partition: int = 0, offset: int = 0) -> DeadLette
     )
 
 
+COMMISSION_KINDS: Final = frozenset(
+    {"accrual", "true_up", "bonus_new_customer", "bonus_loyalty", "bonus_high_usage"}
+)
+_MONTH: Final = re.compile(r"\d{4}-(?:0[1-9]|1[0-2])")
+_DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+_INT64_MAX: Final = 2**63 - 1
+_TIER_MAX: Final = 255  # UInt8
+_TEXT_MAX: Final = 256
+_ID_FIELDS: Final = ("entry_id", "reseller_id", "source_entry_id", "source_kind")
+_FACTS_MAX: Final = 2**32 - 1  # UInt32
+_SLICE_CUSTOMERS_MAX: Final = 10_000
+_MICROS_FIELDS: Final = (
+    "amount_micros",
+    "base_micros",
+    "base_delta_micros",
+    "month_commission_micros",
+    "month_bonus_micros",
+    "source_amount_micros",
+)
+
+
+def commission_row(raw: bytes, partition: int = 0, offset: int = 0) -> CommissionRow:
+    """A ``billing.commissions.v1`` entry as a row, every field checked for type and range.
+
+    Strict because these rows are money that resellers are paid: an entry of the wrong shape
+    is an upstream bug to see in the sink's log (``InvalidEvent``), not a row to sum.
+
+    The agent sums the accrual parts of many facts into one entry (a *slice*): ``customers``
+    then maps each customer to its part of ``base_delta_micros`` (the parts add up to it),
+    ``facts`` counts the ledger entries, and ``customer_id`` is empty when the slice covers
+    several customers. An entry without these fields stands for one ledger entry of
+    ``customer_id``.
+
+    >>> row = commission_row(b'{"entry_id": "e1:accrual", "reseller_id": "res_1",'
+    ...     b' "customer_id": "cus_1", "month": "2026-11", "kind": "accrual",'
+    ...     b' "amount_micros": 55000000, "currency": "EUR", "base_micros": 1100000000,'
+    ...     b' "base_delta_micros": 200000000, "tier": 1, "rate": "0.275", "position": 17,'
+    ...     b' "month_commission_micros": 302500000, "month_bonus_micros": 0,'
+    ...     b' "source_entry_id": "e1", "source_kind": "usage",'
+    ...     b' "source_amount_micros": 216000000, "source_currency": "USD",'
+    ...     b' "fx_rate": "0.9259259259", "fx_date": "2026-11-20",'
+    ...     b' "occurred_at": "2026-11-03T11:00:00+01:00",'
+    ...     b' "created_at": "2026-11-03T10:00:00.123456+00:00"}')
+    >>> row.amount_micros, row.rate, row.fx_date, row.occurred_at.hour
+    (55000000, '0.275', datetime.date(2026, 11, 20), 10)
+    """
+    obj = decode_object(raw)
+    get = obj.get
+    for name in _ID_FIELDS:
+        _require_text(name, get(name))
+    for name in _MICROS_FIELDS:
+        _require_micros(name, get(name))
+    customer_id = get("customer_id")
+    if type(customer_id) is not str or len(customer_id) > _TEXT_MAX:
+        raise InvalidEvent(f"customer_id: want a string (empty: several), got {customer_id!r}")
+    customers = _slice_customers(get("customers", {}), obj["base_delta_micros"])
+    facts = get("facts", 1)
+    if type(facts) is not int or not 0 <= facts <= _FACTS_MAX:
+        raise InvalidEvent(f"facts: want an integer 0..{_FACTS_MAX}, got {facts!r}")
+    month, kind, tier, position = get("month"), get("kind"), get("tier"), get("position")
+    if type(month) is not str or _MONTH.fullmatch(month) is None:
+        raise InvalidEvent(f"month: want YYYY-MM, got {month!r}")
+    if kind not in COMMISSION_KINDS:
+        raise InvalidEvent(f"kind: want one of {sorted(COMMISSION_KINDS)}, got {kind!r}")
+    if type(tier) is not int or not 0 <= tier <= _TIER_MAX:
+        raise InvalidEvent(f"tier: want an integer 0..{_TIER_MAX}, got {tier!r}")
+    if type(position) is not int or not 1 <= position <= _INT64_MAX:
+        raise InvalidEvent(f"position: want an integer >= 1, got {position!r}")
+    currency = _currency("currency", get("currency"))
+    source_currency = _currency("source_currency", get("source_currency"))
+    rate = _rate_text("rate", get("rate"), at_most_one=True)
+    fx_rate, fx_date = _fx(get("fx_rate"), get("fx_date"), currency != source_currency)
+    occurred_at, created_at = _instant("occurred_at", obj), _instant("created_at", obj)
+    return CommissionRow(
+        obj["entry_id"],
+        obj["reseller_id"],
+        customer_id,
+        month,
+        kind,
+        obj["amount_micros"],
+        currency,
+        obj["base_micros"],
+        obj["base_delta_micros"],
+        tier,
+        rate,
+        position,
+        obj["month_commission_micros"],
+        obj["month_bonus_micros"],
+        customers,
+        facts,
+        obj["source_entry_id"],
+        obj["source_kind"],
+        obj["source_amount_micros"],
+        source_currency,
+        fx_rate,
+        fx_date,
+        occurred_at,
+        created_at,
+    )
+
+
+def _require_text(name: str, value: object) -> None:
+    if type(value) is not str or not 1 <= len(value) <= _TEXT_MAX:
+        raise InvalidEvent(f"{name}: want a string of 1..{_TEXT_MAX} characters, got {value!r}")
+
+
+def _require_micros(name: str, value: object) -> None:
+    if type(value) is not int or abs(value) > _INT64_MAX:
+        raise InvalidEvent(f"{name}: want integer micros, got {value!r}")
+
+
+def _slice_customers(value: object, base_delta_micros: int) -> dict[str, int]:
+    """Customer -> its part of the entry's base: each part integer micros, summing to it."""
+    if type(value) is not dict or len(value) > _SLICE_CUSTOMERS_MAX:
+        raise InvalidEvent(f"customers: want an object of at most {_SLICE_CUSTOMERS_MAX} parts")
+    for customer_id, part in value.items():
+        _require_text("customers key", customer_id)
+        _require_micros(f"customers[{customer_id!r}]", part)
+    if value and sum(value.values()) != base_delta_micros:
+        raise InvalidEvent(f"customers: the parts sum to {sum(value.values())}, not the base delta")
+    return value
+
+
+def _currency(name: str, value: object) -> str:
+    if type(value) is not str or value not in CURRENCIES:
+        raise InvalidEvent(f"{name}: want one of {sorted(CURRENCIES)}, got {value!r}")
+    return value
+
+
+def _rate_text(name: str, value: object, *, at_most_one: bool) -> str:
+    """A rate as the decimal string it was sent as: finite, not negative (a commission
+    rate also at most 1)."""
+    if type(value) is not str or not 1 <= len(value) <= 40:
+        raise InvalidEvent(f"{name}: want a decimal string, got {value!r}")
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise InvalidEvent(f"{name}: not a decimal number: {value!r}") from None
+    if not number.is_finite() or number < 0 or (at_most_one and number > 1):
+        raise InvalidEvent(f"{name}: out of range: {value!r}")
+    return value
+
+
+def _fx(rate: object, day: object, foreign: bool) -> tuple[str | None, date | None]:
+    """The exchange rate and its day, both set or both null: null for a customer billed in
+    the reseller's currency, and for an entry of another currency's customer that converted
+    nothing (a top-up's bonus is a fixed amount)."""
+    if rate is None and day is None:
+        return None, None
+    if not foreign:
+        raise InvalidEvent("fx_rate, fx_date: must be null when source_currency == currency")
+    text = _rate_text("fx_rate", rate, at_most_one=False)
+    if Decimal(text) == 0:
+        raise InvalidEvent(f"fx_rate: must be positive, got {text!r}")
+    if type(day) is not str or _DAY.fullmatch(day) is None:
+        raise InvalidEvent(f"fx_date: want YYYY-MM-DD, got {day!r}")
+    try:
+        return text, date.fromisoformat(day)
+    except ValueError:
+        raise InvalidEvent(f"fx_date: want YYYY-MM-DD, got {day!r}") from None
+
+
+def _instant(name: str, obj: dict[str, Any]) -> datetime:
+    value = iso_aware(obj.get(name))
+    if value is None:
+        raise InvalidEvent(f"{name}: want an RFC 3339 time with an offset, got {obj.get(name)!r}")
+    return utc(value)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     topic: str
@@ -311,6 +510,13 @@ TABLE_SPECS: Final[dict[str, TableSpec]] = {
             DeadLetterRow._fields,
             deadletter_row,
             lambda r: (r.topic, r.partition, r.offset),
+        ),
+        TableSpec(
+            topics.COMMISSIONS,
+            "commissions",
+            CommissionRow._fields,
+            commission_row,
+            lambda r: r.entry_id,
         ),
     )
 }

@@ -1,6 +1,7 @@
-"""The ClickHouse sink: ledger, usage, alerts and dead letters, in batches, then offsets.
+"""The ClickHouse sink: ledger, usage, alerts, dead letters and commission entries, in batches,
+then offsets.
 
-It runs in the api process (the one process that may open chDB). One loop consumes the four
+It runs in the api process (the one process that may open chDB). One loop consumes the five
 topics with aiokafka, maps each message to a row (:mod:`rows`), buffers (:class:`Batch`), and
 flushes when the batch holds ``sink_flush_rows`` rows or its first message is
 ``sink_flush_interval_s`` old: insert each table, then commit the offsets. Delivery into
@@ -39,9 +40,17 @@ from streambill.streams import topics
 logger = logging.getLogger(__name__)
 
 GROUP_ID: Final = topics.SINK_GROUP
-SINK_TOPICS: Final = (topics.LEDGER, topics.USAGE, topics.ALERTS, topics.DEADLETTER)
+SINK_TOPICS: Final = (
+    topics.LEDGER,
+    topics.USAGE,
+    topics.ALERTS,
+    topics.DEADLETTER,
+    topics.COMMISSIONS,
+)
 # Insert order: the ledger first, so a flush that fails later leaves the rest to the retry.
-_TABLE_ORDER: Final = ("ledger", "usage", "alerts", "deadletters")
+# Commission entries have no rollup view: a replayed one is collapsed by ReplacingMergeTree
+# (and by FINAL / LIMIT 1 BY entry_id in the reads), so they need no existence check.
+_TABLE_ORDER: Final = ("ledger", "usage", "alerts", "deadletters", "commissions")
 BACKOFF_S_MIN: Final = 0.5
 BACKOFF_S_MAX: Final = 30.0
 POLL_IDLE_MS: Final = 500

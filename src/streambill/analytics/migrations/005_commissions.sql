@@ -4,6 +4,8 @@
 -- not see duplicates use FINAL or LIMIT 1 BY entry_id. A month's commission is the sum of its
 -- accrual and true_up rows, its base the sum of base_delta_micros, its bonuses the sum of the
 -- bonus_* rows; position orders one reseller's entries (the latest carries tier and rate).
+-- Accruals come per slice (many facts of one reseller and month): customers maps each
+-- customer to its part of the slice's base, facts counts the ledger entries summed.
 CREATE TABLE IF NOT EXISTS commissions
 (
     entry_id String,
@@ -20,6 +22,8 @@ CREATE TABLE IF NOT EXISTS commissions
     position Int64,
     month_commission_micros Int64,
     month_bonus_micros Int64,
+    customers Map(String, Int64),
+    facts UInt32,
     source_entry_id String,
     source_kind LowCardinality(String),
     source_amount_micros Int64,
