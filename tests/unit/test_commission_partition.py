@@ -16,7 +16,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streambill.engine.balances import Record
+from streambill.engine.balances import Message, Record
 from streambill.engine.commissions import (
     FACTS,
     MARKER_KEY,
@@ -28,6 +28,11 @@ from streambill.engine.commissions import (
 from streambill.streams import topics
 
 START = datetime(2026, 10, 28, tzinfo=UTC)
+
+
+def marker(m: Message) -> tuple[bytes, bytes]:
+    assert m.value is not None
+    return m.key, m.value
 
 
 def ledger(
@@ -53,9 +58,9 @@ def ledger(
 def partitions(draw: st.DrawFn) -> list[tuple[bytes, bytes]]:
     """(key, value) records of one facts partition: a plan marker, rates, facts of three
     customers (one in USD), ticks, and a later plan change."""
-    records: list[tuple[bytes, bytes]] = [(MARKER_KEY, plan_marker("res_1", 1, "EUR", None).value)]
+    records: list[tuple[bytes, bytes]] = [marker(plan_marker("res_1", 1, "EUR", None))]
     rates = [(START.date() - timedelta(days=1), "USD", Decimal("1.08"))]
-    records.append((MARKER_KEY, rates_marker(rates, 0).value))
+    records.append(marker(rates_marker(rates, 0)))
     seqs = {"c1": 0, "c2": 0, "c3": 0}
     for n in range(draw(st.integers(5, 60))):
         customer = draw(st.sampled_from(sorted(seqs)))
@@ -66,13 +71,13 @@ def partitions(draw: st.DrawFn) -> list[tuple[bytes, bytes]]:
         currency = "USD" if customer == "c3" else "EUR"
         records.append((b"res_1", ledger(n, customer, seqs[customer], kind, micros, at, currency)))
         if draw(st.integers(0, 9)) == 0:
-            records.append((MARKER_KEY, tick_marker(0).value))
+            records.append(marker(tick_marker(0)))
         if n == 30:
             plan = {"tiers": [{"from": "0", "rate": "0.2"}, {"from": "2000", "rate": "0.4"}]}
-            records.append((MARKER_KEY, plan_marker("res_1", 2, "EUR", plan).value))
+            records.append(marker(plan_marker("res_1", 2, "EUR", plan)))
         if draw(st.integers(0, 15)) == 0:  # a record forwarded twice (a re-key replay)
             records.append(records[-1])
-    records.append((MARKER_KEY, tick_marker(0).value))
+    records.append(marker(tick_marker(0)))
     # The re-key stage sends a batch's entries of one reseller as one JSON array: merge runs
     # of facts at random.
     merged: list[tuple[bytes, bytes]] = []
