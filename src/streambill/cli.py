@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from streambill.settings import load_settings
@@ -77,6 +79,50 @@ def bench(events: int, rate: float, customers: int, topups: int) -> None:
     raise SystemExit(
         run_bench(load_settings(), events=events, rate=rate, customers=customers, topups=topups)
     )
+
+
+@main.command("close-month")
+@click.option("--month", required=True, help="YYYY-MM (in each reseller's time zone).")
+@click.option("--reseller", "reseller_id", default=None, help="Only this reseller.")
+@click.option("--api-url", default=None, help="The running api (default: API_HOST:API_PORT).")
+def close_month(month: str, reseller_id: str | None, api_url: str | None) -> None:
+    """Close a commission month: one statement per reseller (through the running api)."""
+    import orjson
+
+    from streambill.commissions.remote import AdminApi, RemoteError
+
+    try:
+        with AdminApi(load_settings(), api_url) as remote:
+            result = remote.close_month(month, reseller_id)
+    except RemoteError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+@main.command()
+@click.option(
+    "--sepa-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the run's pain.001 file here (when it made SEPA payouts).",
+)
+@click.option("--api-url", default=None, help="The running api (default: API_HOST:API_PORT).")
+def payouts(sepa_out: Path | None, api_url: str | None) -> None:
+    """Run payouts: pay resellers whose closed statements reach the minimum (through the
+    running api); prints the run and optionally saves its SEPA file."""
+    import orjson
+
+    from streambill.commissions.remote import AdminApi, RemoteError
+
+    try:
+        with AdminApi(load_settings(), api_url) as remote:
+            run = remote.run_payouts()
+            if sepa_out is not None and run.get("file_url"):
+                size = remote.download(run["file_url"], sepa_out)
+                click.echo(f"pain.001 file ({size} bytes) written to {sepa_out}", err=True)
+    except RemoteError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(orjson.dumps(run, option=orjson.OPT_INDENT_2).decode())
 
 
 if __name__ == "__main__":

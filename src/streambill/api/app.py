@@ -30,8 +30,10 @@ from streambill.api.routes import (
     admin,
     api_keys,
     auth,
+    commissions,
     customers,
     health,
+    payouts,
     resellers,
     stripe,
     topups,
@@ -147,6 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
         health,
         auth,
         resellers,
+        commissions,
         customers,
         topups,
         api_keys,
@@ -154,6 +157,7 @@ def create_app(settings: Settings) -> FastAPI:
         usage,
         stripe,
         admin,
+        payouts,
     )
     for module in routers:
         app.include_router(module.router)

@@ -39,6 +39,14 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "broker_unavailable": 503,
     "payment_provider_error": 502,
     "payment_provider_unavailable": 503,
+    "invalid_plan": 422,
+    "invalid_rates": 422,
+    "no_exchange_rate": 422,
+    "sepa_file_invalid": 422,
+    "unsupported_media_type": 415,
+    "month_not_closable": 409,
+    "sepa_not_configured": 409,
+    "payout_run_in_progress": 409,
 }
 _HTTP_CODES: Final[dict[int, str]] = {
     401: "unauthorized",

@@ -1,7 +1,8 @@
 """GraphQL at ``/graphql`` (strawberry): the same operations and scope rules as REST.
 
 Queries: ``tenant(id)``, ``customers(first, after, resellerId, status)``,
-``balance(customerId)``, ``transactions(customerId, limit, beforeSeq)``. Mutations:
+``balance(customerId)``, ``transactions(customerId, limit, beforeSeq)``,
+``commissions(resellerId, month)`` (with ``entries(limit, afterPosition)``). Mutations:
 ``processUsage(customerId, meter, quantity, eventId, occurredAt)`` and
 ``createTopup(customerId, amount, savePaymentMethod, idempotencyKey)`` (Stripe Checkout).
 Every resolver calls the function its REST route calls, with the request's principal, so an
@@ -13,7 +14,7 @@ carry the stable code in ``extensions.code``. Money: decimal strings, and micros
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, NewType, TypeVar
 
 import orjson
@@ -26,6 +27,7 @@ from strawberry.types import Info
 
 from streambill.api import reads
 from streambill.api.deps import ApiRuntime, get_principal, get_runtime
+from streambill.api.routes import commissions as commission_reads
 from streambill.api.routes.usage import accept_usage
 from streambill.api.schemas import LedgerEntryPublic
 from streambill.control import tenants
@@ -202,6 +204,89 @@ class Topup:
 
 
 @strawberry.type
+class CustomerPart:
+    customer_id: str
+    base_micros: Micros
+
+
+@strawberry.type
+class CommissionEntry:
+    entry_id: str
+    reseller_id: str
+    customer_id: str
+    month: str
+    kind: str
+    amount_micros: Micros
+    currency: str
+    base_micros: Micros
+    base_delta_micros: Micros
+    tier: int
+    rate: str
+    position: int
+    month_commission_micros: Micros
+    month_bonus_micros: Micros
+    customers: list[CustomerPart]
+    facts: int
+    source_entry_id: str
+    source_kind: str
+    source_amount_micros: Micros
+    source_currency: str
+    fx_rate: str | None
+    fx_date: date | None
+    occurred_at: datetime
+    created_at: datetime
+
+
+@strawberry.type
+class CommissionEntryPage:
+    entries: list[CommissionEntry]
+    next_after_position: int | None
+
+
+@strawberry.type
+class CommissionMonth:
+    reseller_id: str
+    month: str
+    currency: str
+    base_micros: Micros
+    rate: str
+    commission_micros: Micros
+    bonus_micros: Micros
+    total_micros: Micros
+    tier: int
+    entry_count: int
+    entries_url: str
+
+    @strawberry.field(description="The month's entries in position order, after afterPosition.")
+    async def entries(
+        self, info: Info[Context, Any], limit: int = 100, after_position: int = 0
+    ) -> CommissionEntryPage:
+        ctx = _ctx(info)
+        if not 1 <= limit <= MAX_PAGE or after_position < 0:
+            raise GraphQLError(
+                f"limit must be 1..{MAX_PAGE}, afterPosition >= 0",
+                extensions={"code": "INVALID_REQUEST"},
+            )
+        page = await _call(
+            lambda: commission_reads.entries_page(
+                ctx.runtime, ctx.principal, self.reseller_id, self.month, limit, after_position
+            )
+        )
+        entries = [
+            CommissionEntry(
+                **e.model_dump(exclude={"customers"}),
+                customers=[
+                    CustomerPart(customer_id=c, base_micros=Micros(b))
+                    for c, b in e.customers.items()
+                ],
+            )
+            for e in page.entries
+        ]
+        last = entries[-1].position if page.next is not None else None
+        return CommissionEntryPage(entries=entries, next_after_position=last)
+
+
+@strawberry.type
 class UsageResult:
     accepted: bool
     event_id: str
@@ -283,6 +368,16 @@ class Query:
             lambda: reads.ledger(ctx.runtime, ctx.principal, customer_id, limit, before_seq)
         )
         return [Transaction.of(e) for e in page.entries]
+
+    @strawberry.field(description="A reseller's commission month (the admin or the reseller).")
+    async def commissions(
+        self, info: Info[Context, Any], reseller_id: str, month: str | None = None
+    ) -> CommissionMonth:
+        ctx = _ctx(info)
+        found = await _call(
+            lambda: commission_reads.month_summary(ctx.runtime, ctx.principal, reseller_id, month)
+        )
+        return CommissionMonth(**found.model_dump())
 
 
 @strawberry.type

@@ -320,3 +320,107 @@ class CommissionCheckpoint(Base):
     offset: Mapped[int] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(Text)  # JSON
     updated_at: Mapped[datetime]
+
+
+class Statement(Base):
+    """A reseller's closed commission month: amounts in micros of the reseller's currency.
+
+    One per (reseller, month): the id is ``st_<reseller>_<YYYY-MM>`` and the pair is unique, so
+    two concurrent closes store one. ``month_total_micros`` is the month as ClickHouse held it
+    at close; ``late_micros`` carries what arrived for earlier closed months after their close
+    (``late_lines``: per source month); ``total_micros`` is what the statement pays.
+    ``payout_id`` is the payout (pending or paid) that covers it; ``carried_run_id`` the last
+    payout run that carried it forward below the minimum (commissions/payouts.py).
+    """
+
+    __tablename__ = "statements"
+
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    reseller_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    month: Mapped[str] = mapped_column(String(7))
+    # The reseller as it was named at close: documents render from this row alone.
+    reseller_name: Mapped[str] = mapped_column(String(256))
+    brand_name: Mapped[str | None] = mapped_column(String(128))
+    currency: Mapped[str] = mapped_column(String(3))
+    timezone: Mapped[str] = mapped_column(String(64))
+    base_micros: Mapped[int] = mapped_column(BigInteger)
+    tier: Mapped[int] = mapped_column(Integer)
+    rate: Mapped[str] = mapped_column(String(32))  # a decimal fraction as text: '0.275'
+    commission_micros: Mapped[int] = mapped_column(BigInteger)
+    bonus_micros: Mapped[int] = mapped_column(BigInteger)
+    month_total_micros: Mapped[int] = mapped_column(BigInteger)
+    late_micros: Mapped[int] = mapped_column(BigInteger)
+    total_micros: Mapped[int] = mapped_column(BigInteger)
+    entry_count: Mapped[int] = mapped_column(Integer)
+    # [{customer_id, name, base_micros, commission_micros, bonus_micros, total_micros}]
+    lines: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # [{month, amount_micros}]: late adjustments of earlier closed months carried here
+    late_lines: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    closed_at: Mapped[datetime]
+    closed_by: Mapped[str] = mapped_column(String(256))
+    payout_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    carried_run_id: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("uq_statements_reseller_month", "reseller_id", "month", unique=True),)
+
+
+class PayoutRun(Base):
+    """One payout run: the payouts it made, the amounts it carried forward (``summary``) and
+    the SEPA file it wrote, if any."""
+
+    __tablename__ = "payout_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(256))
+    minimum: Mapped[str] = mapped_column(String(32))  # settings.payout_minimum at the run
+    # {"carried": [{reseller_id, currency, due_micros, reason}]}
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    file_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class Payout(Base):
+    """Money owed to a reseller and sent (``sepa``) or to be sent by hand (``manual``).
+
+    ``amount_micros`` is whole cents: ``statements_micros`` (the statements it covers) plus
+    ``carried_in_micros`` (sub-cent remainders of earlier payouts) minus
+    ``remainder_micros`` (this payout's own sub-cent remainder, carried to the next).
+    ``status``: ``pending`` -> ``paid`` or ``pending`` -> ``failed`` (its statements are
+    unpaid again, so the next run retries them)."""
+
+    __tablename__ = "payouts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("payout_runs.id"), index=True)
+    reseller_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    statements_micros: Mapped[int] = mapped_column(BigInteger)
+    carried_in_micros: Mapped[int] = mapped_column(BigInteger)
+    remainder_micros: Mapped[int] = mapped_column(BigInteger)
+    statement_ids: Mapped[list[str]] = mapped_column(JSON)
+    method: Mapped[str] = mapped_column(String(16))  # sepa | manual
+    status: Mapped[str] = mapped_column(String(16))  # pending | paid | failed
+    # The creditor as it stood at the run (a later edit of the reseller does not change it).
+    creditor_name: Mapped[str | None] = mapped_column(String(140))
+    creditor_iban: Mapped[str | None] = mapped_column(String(34))
+    creditor_bic: Mapped[str | None] = mapped_column(String(11))
+    failure_reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    paid_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+
+
+class PayoutFile(Base):
+    """A bank file of a payout run (pain.001.001.03), validated against the XSD before it was
+    stored; served byte for byte as stored."""
+
+    __tablename__ = "payout_files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("payout_runs.id"), unique=True)
+    format: Mapped[str] = mapped_column(String(32))
+    content: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
