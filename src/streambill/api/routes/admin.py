@@ -1,18 +1,20 @@
-"""Operator endpoints: ledger integrity, the audit log."""
+"""Operator endpoints: ledger integrity, commission accuracy, the audit log."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from streambill.analytics import queries
+from streambill.analytics import commissions, queries
 from streambill.api.deps import AdminPrincipal, Runtime
 from streambill.api.params import ANY_ID_PATTERN
-from streambill.control.models import AuditRecord
+from streambill.control.models import AuditRecord, Tenant
+from streambill.control.rates import load_rate_table
+from streambill.domain.commissions import Plan, plan_from_document
 
 router = APIRouter(prefix="/v2/admin", tags=["operations"])
 
@@ -55,6 +57,83 @@ async def ledger_invariants(
             for v in found
         ]
     )
+
+
+class CommissionFigures(BaseModel):
+    base_micros: int
+    commission_micros: int
+    bonus_micros: int
+    total_micros: int
+
+
+class CommissionCheckLine(BaseModel):
+    reseller_id: str
+    currency: str
+    stream: CommissionFigures
+    batch: CommissionFigures
+    equal: bool
+
+
+class CommissionCheck(BaseModel):
+    month: str
+    equal: bool
+    resellers: list[CommissionCheckLine]
+
+
+MONTH_QUERY = Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")
+
+
+@router.get("/commissions/check", response_model=CommissionCheck)
+async def commission_check(
+    runtime: Runtime,
+    _: AdminPrincipal,
+    month: Annotated[str | None, MONTH_QUERY] = None,
+    reseller_id: Annotated[str | None, Query(max_length=128, pattern=ANY_ID_PATTERN)] = None,
+) -> CommissionCheck:
+    """The month's commissions as the agent streamed them (the entries in ClickHouse) next to
+    an independent batch computation from the ledger in ClickHouse, per reseller, to the
+    micro (default: the current month in UTC). Fails with ``no_exchange_rate`` when a
+    customer's amounts cannot be converted."""
+    if month is None:
+        month = runtime.control.clock().astimezone(UTC).strftime("%Y-%m")
+    async with runtime.control.sessions() as session:
+        query = select(Tenant).where(Tenant.kind == "reseller")
+        if reseller_id is not None:
+            query = query.where(Tenant.id == reseller_id)
+        resellers = (await session.scalars(query.order_by(Tenant.id))).all()
+        rates = await load_rate_table(session)
+    plans: dict[str, Plan] = {
+        r.id: plan_from_document(r.commission_plan, r.currency, r.timezone) for r in resellers
+    }
+    batch = await runtime.clickhouse.run(commissions.batch_commissions, plans, rates, {month})
+    lines = []
+    for reseller in resellers:
+        totals = await runtime.clickhouse.run(commissions.month_totals, reseller.id, month)
+        expected = batch.get((reseller.id, month))
+        stream = CommissionFigures(
+            base_micros=totals.base_micros if totals else 0,
+            commission_micros=totals.commission_micros if totals else 0,
+            bonus_micros=totals.bonus_micros if totals else 0,
+            total_micros=totals.total_micros if totals else 0,
+        )
+        recomputed = CommissionFigures(
+            base_micros=expected.base_micros if expected else 0,
+            commission_micros=expected.commission_micros if expected else 0,
+            bonus_micros=expected.bonus_micros if expected else 0,
+            total_micros=expected.total_micros if expected else 0,
+        )
+        if totals is None and expected is None:
+            continue
+        lines.append(
+            CommissionCheckLine(
+                reseller_id=reseller.id,
+                currency=reseller.currency,
+                stream=stream,
+                batch=recomputed,
+                equal=stream == recomputed,
+            )
+        )
+    return CommissionCheck(month=month, equal=all(x.equal for x in lines), resellers=lines)
 
 
 @router.get("/audit", response_model=AuditPage)
