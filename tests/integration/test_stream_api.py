@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,42 @@ async def test_a_customer_socket_follows_its_own_balance_only(api: Api) -> None:
                 await own.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
     await partner.close()
+
+
+async def test_a_reseller_socket_sees_its_commission_move_and_no_one_elses(api: Api) -> None:
+    """The ``commissions`` channel end to end: usage -> ledger -> commissions agent -> topic ->
+    live feed -> the reseller's socket, within seconds; another reseller sees none of it."""
+    mine = api.ok("POST", "/v2/resellers", {"name": "Ticker Partner", "currency": "EUR"})["id"]
+    other = api.ok("POST", "/v2/resellers", {"name": "Other Partner", "currency": "EUR"})["id"]
+    body = {"currency": "EUR", "prices": PRICE, "reseller_id": mine}
+    customer = api.ok("POST", "/v2/customers", {"name": "Ticker Customer", **body})["id"]
+    sockets = []
+    for reseller in (mine, other):
+        key = api.ok("POST", "/v2/api-keys", {"tenant_id": reseller, "role": "reseller"})["key"]
+        socket = await _open(api, key)
+        await socket.send(orjson.dumps({"subscribe": ["commissions"]}).decode())
+        assert orjson.loads(await socket.recv())["type"] == "subscribed"
+        sockets.append(socket)
+    events = [
+        {"event_id": f"tick-{n}", "customer_id": customer, "meter": "call_minutes", "quantity": "2"}
+        for n in range(3)
+    ]
+    answer = api.call("POST", "/v2/usage", api.stack.admin_key, {"events": events})
+    assert answer.status_code == 202
+    base = 3 * 2 * int(Decimal(PRICE[0]["unit_price"]) * 1_000_000)
+    seen: list[Any] = []
+    async with asyncio.timeout(30):
+        while sum(m["base_delta_micros"] for m in seen) < base:
+            message = orjson.loads(await sockets[0].recv())
+            if message["type"] == "commission":
+                seen.append(message)
+    assert {m["reseller_id"] for m in seen} == {mine}
+    last = max(seen, key=lambda m: m["position"])
+    assert last["base_micros"] == base and last["month_commission_micros"] == base // 4
+    with pytest.raises(TimeoutError):  # the other reseller's socket stays silent
+        async with asyncio.timeout(2):
+            while True:
+                message = orjson.loads(await sockets[1].recv())
+                assert message["type"] != "commission", message
+    for socket in sockets:
+        await socket.close()
