@@ -1,23 +1,32 @@
 """Test support for commissions: a generated ledger of resellers' customers (several months,
 month edges, a tier crossing, refunds, a chargeback, customers in another currency, replays),
-reference rates for it, and the commission entries that ``ResellerBook`` makes of it, in the
-``billing.commissions.v1`` shape (what the worker's agent emits)."""
+reference rates for it, and the commission entries the worker's agent emits for it on
+``billing.commissions.v1``, made by the agent's own partition state."""
 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from streambill.domain.commissions import CommissionEntry, Fact, Plan, ResellerBook
+import orjson
+
+from streambill.domain.commissions import Plan, ResellerBook, plan_document
 from streambill.domain.fx import RateTable
 from streambill.domain.money import round_micros
+from streambill.engine.balances import Message, Record
+from streambill.engine.commissions import (
+    FACTS,
+    CommissionPartition,
+    plan_marker,
+    rates_marker,
+    tick_marker,
+)
+from streambill.streams import topics
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
-KINDS = ("usage", "refund", "chargeback", "topup")
 
 
 def reference_rates(start: date = date(2026, 8, 1), days: int = 240) -> RateTable:
@@ -34,78 +43,46 @@ def reference_rates(start: date = date(2026, 8, 1), days: int = 240) -> RateTabl
 
 @dataclass
 class CommissionFeed:
-    """One reseller's book fed with ledger entries (JSON dicts), as the agent would feed it:
-    amounts converted at the day's rate in the reseller's time zone, facts in ledger order."""
+    """One reseller's ledger entries (JSON dicts) fed to a facts partition of the agent
+    (:class:`~streambill.engine.commissions.CommissionPartition`) as the agent feeds it: the
+    plan and the reference rates as markers first, then the facts in ledger order, each
+    followed by a tick marker (one fact per accrual slice, so every accrual is one fact's)."""
 
     reseller_id: str
     plan: Plan
     rates: RateTable
-    book: ResellerBook = field(init=False)
-    # month -> [commission, bonus]: the running month totals each entry reports
-    sums: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    partition: CommissionPartition = field(init=False)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     emitted: list[dict[str, Any]] = field(default_factory=list)  # every entry, in order
+    offset: int = 0  # the facts partition's next offset
 
     def __post_init__(self) -> None:
-        self.book = ResellerBook(self.reseller_id, self.plan)
+        self.partition = CommissionPartition(partition=0, partitions=1)
+        doc = plan_document(self.plan)
+        self._read(plan_marker(self.reseller_id, 1, self.plan.currency, doc, self.plan.timezone))
+        self._read(rates_marker(self.rates.rows(), 0))
+
+    @property
+    def book(self) -> ResellerBook:
+        return self.partition.books[self.reseller_id]
 
     def apply(self, ledger: dict[str, Any]) -> list[dict[str, Any]]:
-        if ledger["reseller_id"] != self.reseller_id or ledger["kind"] not in KINDS:
+        if ledger["reseller_id"] != self.reseller_id:
             return []
-        at = datetime.fromisoformat(ledger["occurred_at"])
-        source = abs(int(ledger["amount_micros"]))
-        fx: tuple[str, str] | None = None
-        amount = source
-        if ledger["kind"] != "topup" and ledger["currency"] != self.plan.currency:
-            day = self.plan.day_of(at)
-            conv = self.rates.convert(source, ledger["currency"], self.plan.currency, day)
-            amount, fx = conv.micros, (str(conv.rate), conv.rate_date.isoformat())
-        quantity = Decimal(ledger["quantity"]) if ledger.get("quantity") else Decimal(0)
-        fact = Fact(
-            ledger["entry_id"],
-            ledger["customer_id"],
-            ledger["kind"],
-            amount,
-            at,
-            ledger.get("meter"),
-            quantity,
-            seq=int(ledger["seq"]),
-        )
-        entries = [self._json(e, ledger, source, fx) for e in self.book.apply(fact)]
+        fact = Message(FACTS, 0, self.reseller_id.encode(), orjson.dumps(ledger))
+        entries = self._read(fact) + self._read(tick_marker(0))
+        # A fact the agent parks (no rate for its day) would be a gap in the test's rates.
+        assert not self.partition.parked, f"no reference rate for {ledger}"
         self.emitted += entries
         return entries
 
-    def _json(
-        self, e: CommissionEntry, ledger: dict[str, Any], source: int, fx: tuple[str, str] | None
-    ) -> dict[str, Any]:
-        sums = self.sums[e.month]
-        sums[0 if e.kind in ("accrual", "true_up") else 1] += e.amount_micros
-        return {
-            "entry_id": e.entry_id,
-            "reseller_id": e.reseller_id,
-            "customer_id": e.customer_id,
-            "month": e.month,
-            "kind": e.kind,
-            "amount_micros": e.amount_micros,
-            "currency": e.currency,
-            "base_micros": e.base_micros,
-            "base_delta_micros": e.base_delta_micros,
-            "tier": e.tier,
-            "rate": str(e.rate),
-            "position": e.position,
-            "month_commission_micros": sums[0],
-            "month_bonus_micros": sums[1],
-            "customers": {},  # one fact's entry (the agent's accrual slices fill this)
-            "facts": 1,
-            "source_entry_id": e.source_entry_id,
-            "source_kind": ledger["kind"],
-            "source_amount_micros": source,
-            "source_currency": ledger["currency"],
-            "fx_rate": fx[0] if fx else None,
-            "fx_date": fx[1] if fx else None,
-            "occurred_at": e.occurred_at.isoformat(),
-            "created_at": self.created_at.isoformat(),
-        }
+    def _read(self, message: Message) -> list[dict[str, Any]]:
+        """The entries the partition emits for one record read back at the next offset."""
+        record = Record(message.topic, 0, self.offset, message.key, message.value)
+        self.offset += 1
+        out = self.partition.handle(record, self.created_at.isoformat())
+        assert all(m.topic == topics.COMMISSIONS for m in out), out  # no dead letters
+        return [orjson.loads(m.value or b"") for m in out]
 
     def figures(self) -> dict[str, tuple[int, int, int]]:
         """month -> (base, commission, bonus) as the book has them."""

@@ -20,6 +20,8 @@ from streambill.analytics.client import connect
 from streambill.analytics.commissions import MonthFigures
 from streambill.analytics.migrate import migrate
 from streambill.analytics.rows import CommissionRow, LedgerRow, commission_row, ledger_row
+from streambill.commissions import queries
+from streambill.commissions.close import share_commission
 from streambill.domain.commissions import Plan, plan_from_document
 from streambill.domain.fx import NoRate, RateTable
 
@@ -45,6 +47,7 @@ CUSTOMERS = [
     CustomerPlan("cus_g2", "res_uk", "GBP", datetime(2026, 9, 15, 12, tzinfo=UTC), Decimal("0.4")),
     CustomerPlan("cus_d1", None, "EUR", datetime(2026, 9, 3, tzinfo=UTC), Decimal("9")),
 ]
+NO_ENTRIES = queries.MonthFigures("", (), 0, 0, 0, 0, 0, "")
 
 
 @pytest.fixture
@@ -136,20 +139,21 @@ def test_reads_add_up_the_books_entries_each_once(
     ch.insert("commissions", rows[::3], column_names=list(CommissionRow._fields))  # replays
     plan = PLANS[reseller_id]
     for month, state in feed.book.months.items():
-        totals = commissions.month_totals(ch, reseller_id, month)
-        assert totals is not None
+        totals = queries.month_figures(ch, reseller_id, month)
         figures = (totals.base_micros, totals.commission_micros, totals.bonus_micros)
         assert figures == (state.base_micros, state.commission_micros, state.bonus_micros)
         assert totals.total_micros == state.total_micros
         assert (totals.tier, totals.rate) == (state.tier, str(plan.tiers[state.tier].rate))
         mine = [e for e in feed.emitted if e["month"] == month]
-        assert totals.entry_count == len(mine) and totals.currency == plan.currency
-        assert totals.last_position == max(e["position"] for e in mine)
+        assert totals.entry_count == len(mine)
+        assert (totals.currency, totals.currencies) == (plan.currency, (plan.currency,))
 
-        breakdown = commissions.customer_breakdown(ch, reseller_id, month)
-        assert sum(c.base_micros for c in breakdown) == state.base_micros
-        assert sum(c.total_micros for c in breakdown) == state.total_micros
-        assert [c.customer_id for c in breakdown] == sorted({e["customer_id"] for e in mine})
+        parts = queries.customer_parts(ch, reseller_id, month)
+        assert sum(parts.bases.values()) == state.base_micros
+        assert sum(parts.bonuses.values()) == state.bonus_micros
+        assert sorted(parts.bases.keys() | parts.bonuses.keys()) == sorted(
+            {e["customer_id"] for e in mine}
+        )
 
         paged: list[CommissionRow] = []
         after = 0
@@ -162,10 +166,10 @@ def test_reads_add_up_the_books_entries_each_once(
         assert [r.entry_id for r in paged] == [e["entry_id"] for e in mine]
         assert paged == _commission_rows(mine)
     assert any(s.tier > 0 for s in feed.book.months.values()) == (reseller_id == "res_uk")
-    assert commissions.month_totals(ch, reseller_id, "2031-01") is None
+    assert queries.month_figures(ch, reseller_id, "2031-01") == NO_ENTRIES
     assert commissions.month_entries(ch, reseller_id, "2031-01") == []
     other = next(r for r in PLANS if r != reseller_id)
-    assert commissions.month_totals(ch, other, "2026-10") is None
+    assert queries.month_figures(ch, other, "2026-10") == NO_ENTRIES
 
 
 def test_a_slice_over_several_customers_splits_the_base_exactly(ch: Client) -> None:
@@ -209,22 +213,20 @@ def test_a_slice_over_several_customers_splits_the_base_exactly(ch: Client) -> N
     ]
     rows = _commission_rows(entries)
     ch.insert("commissions", rows + rows[2:3], column_names=list(CommissionRow._fields))
-    totals = commissions.month_totals(ch, "res_s", "2026-11")
-    assert totals is not None
+    totals, parts = queries.month_with_customers(ch, "res_s", "2026-11")
     assert (totals.base_micros, totals.commission_micros, totals.bonus_micros) == (
         1_200_000_000,
         330_000_000,
         5_000_000,
     )
     assert (totals.tier, totals.rate, totals.entry_count) == (1, "0.275", 5)
-    got = {
-        c.customer_id: (c.base_micros, c.commission_micros, c.bonus_micros, c.entry_count)
-        for c in commissions.customer_breakdown(ch, "res_s", "2026-11")
-    }
-    assert got == {
-        "": (0, 330_000_000, 0, 2),  # the true-up and the two-customer slice
-        "cus_1": (710_000_000, 2_750_000, 0, 1),
-        "cus_2": (490_000_000, -2_750_000, 5_000_000, 2),
-    }
+    # The slice's base is split by its customers' parts; the true-up (no base) is its
+    # customer id's (empty) with nothing.
+    assert parts.bases == {"cus_1": 710_000_000, "cus_2": 490_000_000}  # no line for a true-up
+    assert parts.bonuses == {"cus_2": 5_000_000}
+    # A statement shares the month's commission by those parts (not by the entries'
+    # customer ids), so the slice's commission is its customers', to the micro.
+    shares = share_commission(totals.commission_micros, parts.bases, Decimal(totals.rate))
+    assert shares == {"cus_1": 195_250_000, "cus_2": 134_750_000}
     (stored,) = [r for r in commissions.month_entries(ch, "res_s", "2026-11") if r.position == 3]
     assert (stored.customers, stored.facts) == (slice_parts, 17)

@@ -26,13 +26,12 @@ from typing import Any, Final
 
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from streambill.agents.offsets import store_offsets, stored_offsets
 from streambill.agents.publisher import Publisher
-from streambill.control.models import StreamOffset
 from streambill.engine.balances import Message, partition_for
 from streambill.payments.autotopup import AutoTopups, Entry
 from streambill.streams import topics
@@ -102,16 +101,7 @@ class AutoTopupAgent:
 
     async def _start_offsets(self, partitions: set[int]) -> dict[int, int]:
         async with self.sessions() as session:
-            rows = (
-                await session.execute(
-                    select(StreamOffset.partition, StreamOffset.offset).where(
-                        StreamOffset.consumer == CONSUMER,
-                        StreamOffset.topic == topics.LEDGER,
-                        StreamOffset.partition.in_(partitions),
-                    )
-                )
-            ).all()
-        return {int(p): int(o) for p, o in rows}
+            return await stored_offsets(session, CONSUMER, topics.LEDGER, partitions)
 
     async def sync(self, owned: set[int]) -> None:
         gone = self.assigned - owned
@@ -160,23 +150,8 @@ class AutoTopupAgent:
         changed = {p: o for p, o in self.next_offsets.items() if self._stored.get(p) != o}
         if not changed:
             return
-        now = datetime.now(UTC)
         async with self.sessions.begin() as session:
-            for partition, offset in changed.items():
-                row = await session.get(StreamOffset, (CONSUMER, topics.LEDGER, partition))
-                if row is None:
-                    session.add(
-                        StreamOffset(
-                            consumer=CONSUMER,
-                            topic=topics.LEDGER,
-                            partition=partition,
-                            offset=offset,
-                            updated_at=now,
-                        )
-                    )
-                else:
-                    row.offset = offset
-                    row.updated_at = now
+            await store_offsets(session, CONSUMER, topics.LEDGER, changed, datetime.now(UTC))
         self._stored.update(changed)
 
     async def run(self, owned: Callable[[], set[int]], ready: Callable[[], bool]) -> None:

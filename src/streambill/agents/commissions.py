@@ -39,8 +39,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from streambill.agents.offsets import store_offsets, stored_offsets
 from streambill.agents.publisher import Publisher
-from streambill.control.models import CommissionCheckpoint, ExchangeRate, StreamOffset
+from streambill.control.models import CommissionCheckpoint, ExchangeRate
 from streambill.engine.balances import Message, Record, partition_for
 from streambill.engine.commissions import (
     FACTS,
@@ -199,15 +200,7 @@ class CommissionAgent:
 
     async def _load(self, partitions: set[int]) -> tuple[dict[int, int], dict[int, Any]]:
         async with self.sessions() as session:
-            ledger = (
-                await session.execute(
-                    select(StreamOffset.partition, StreamOffset.offset).where(
-                        StreamOffset.consumer == CONSUMER,
-                        StreamOffset.topic == topics.LEDGER,
-                        StreamOffset.partition.in_(partitions),
-                    )
-                )
-            ).all()
+            ledger = await stored_offsets(session, CONSUMER, topics.LEDGER, partitions)
             checkpoints = (
                 await session.execute(
                     select(CommissionCheckpoint.partition, CommissionCheckpoint.state).where(
@@ -215,10 +208,7 @@ class CommissionAgent:
                     )
                 )
             ).all()
-        return (
-            {int(p): int(o) for p, o in ledger},
-            {int(p): orjson.loads(s) for p, s in checkpoints},
-        )
+        return ledger, {int(p): orjson.loads(s) for p, s in checkpoints}
 
     async def sync(self, owned: set[int]) -> None:
         gone = self.assigned - owned
@@ -371,20 +361,7 @@ class CommissionAgent:
                     )
                 else:
                     row.offset, row.state, row.updated_at = dirty[p].next_offset, text, stamp
-            for p, offset in ledger.items():
-                stored = await session.get(StreamOffset, (CONSUMER, topics.LEDGER, p))
-                if stored is None:
-                    session.add(
-                        StreamOffset(
-                            consumer=CONSUMER,
-                            topic=topics.LEDGER,
-                            partition=p,
-                            offset=offset,
-                            updated_at=stamp,
-                        )
-                    )
-                else:
-                    stored.offset, stored.updated_at = offset, stamp
+            await store_offsets(session, CONSUMER, topics.LEDGER, ledger, stamp)
         for book in dirty.values():
             book.dirty = False
         self._ledger_stored.update(ledger)

@@ -1,15 +1,14 @@
-"""Reads of the ``commissions`` table, and an independent batch recomputation from ``ledger``.
+"""A month's commission entries page by page, and an independent batch recomputation of
+every month from ``ledger``.
 
-Like :mod:`queries`, every function takes the blocking clickhouse-connect client first, so the
-api runs them through ``AsyncClickHouse.run`` on the ClickHouse thread. ``commissions`` is a
-ReplacingMergeTree keyed by ``(reseller_id, month, entry_id)``: a replayed entry is collapsed
-only at merge time, so the sums read ``FINAL`` and the pages ``LIMIT 1 BY entry_id``.
+Like :mod:`streambill.commissions.queries` (which reads a month's figures and its customers'
+parts, for the statements and the commission reads API), every function takes the blocking
+clickhouse-connect client first, so the api runs them through ``AsyncClickHouse.run`` on the
+ClickHouse thread. ``commissions`` is a ReplacingMergeTree keyed by ``(reseller_id, month,
+entry_id)``: a replayed entry is collapsed only at merge time, so the pages read
+``LIMIT 1 BY entry_id``.
 
-A month's figures, from its entries (docs/commissions.md): base = sum of ``base_delta_micros``;
-commission = sum of the ``accrual`` and ``true_up`` amounts; bonus = sum of the ``bonus_*``
-amounts; the tier and rate are those of the entry with the highest ``position``.
-
-:func:`batch_commissions` is the check on all of that: it recomputes every reseller-month
+:func:`batch_commissions` is the check on the figures: it recomputes every reseller-month
 straight from the ledger with the plan's rules, written apart from
 :class:`~streambill.domain.commissions.ResellerBook` (no shared state machine, months taken
 by ClickHouse's time zone functions), so the two can only agree by both being right.
@@ -32,79 +31,7 @@ from streambill.domain.fx import RateTable
 from streambill.domain.money import DECIMAL_CONTEXT, MICROS_PER_UNIT, round_micros
 
 ENTRIES_LIMIT_MAX: Final = 1000
-BREAKDOWN_MAX: Final = 100_000  # customers of one reseller in one month's statement
 _COLUMNS: Final = ", ".join(CommissionRow._fields)
-_COMMISSION_KINDS: Final = "('accrual', 'true_up')"
-_SUMS: Final = f"""
-sum(base_delta_micros),
-sumIf(amount_micros, kind IN {_COMMISSION_KINDS}),
-sumIf(amount_micros, startsWith(kind, 'bonus_')),
-count()
-"""
-
-
-@dataclass(frozen=True)
-class MonthTotals:
-    """A reseller's month as its entries add up; tier, rate and currency of its latest."""
-
-    reseller_id: str
-    month: str
-    currency: str
-    base_micros: int
-    commission_micros: int
-    bonus_micros: int
-    tier: int
-    rate: str
-    entry_count: int
-    last_position: int
-
-    @property
-    def total_micros(self) -> int:
-        return self.commission_micros + self.bonus_micros
-
-
-@dataclass(frozen=True)
-class CustomerFigures:
-    """One customer's share of a reseller's month. The base is exact per customer (an
-    accrual slice's ``customers`` parts). Commission and bonus amounts count for the entry's
-    ``customer_id``: a true-up for the customer whose entry moved the tier, and an accrual
-    slice over several customers (one rounding over their summed base, not a sum of
-    per-customer parts) under the empty customer id. So the shares add up to the month."""
-
-    customer_id: str
-    base_micros: int
-    commission_micros: int
-    bonus_micros: int
-    entry_count: int
-
-    @property
-    def total_micros(self) -> int:
-        return self.commission_micros + self.bonus_micros
-
-
-def month_totals(client: Client, reseller_id: str, month: str) -> MonthTotals | None:
-    """The month's figures from its entries (each ``entry_id`` once); None without entries."""
-    rows = client.query(
-        f"SELECT {_SUMS}, argMax(tier, position), argMax(rate, position),"
-        " argMax(currency, position), max(position)"
-        " FROM commissions FINAL WHERE reseller_id = {r:String} AND month = {m:String}",
-        parameters={"r": reseller_id, "m": month},
-    ).result_rows
-    base, commission, bonus, count, tier, rate, currency, last = rows[0]
-    if int(count) == 0:
-        return None
-    return MonthTotals(
-        reseller_id=reseller_id,
-        month=month,
-        currency=str(currency),
-        base_micros=int(base),
-        commission_micros=int(commission),
-        bonus_micros=int(bonus),
-        tier=int(tier),
-        rate=str(rate),
-        entry_count=int(count),
-        last_position=int(last),
-    )
 
 
 def month_entries(
@@ -129,32 +56,6 @@ def _commission_row(row: Sequence[Any]) -> CommissionRow:
     values[-2] = utc(values[-2])
     values[-1] = utc(values[-1])
     return CommissionRow(*values)
-
-
-_BREAKDOWN_SQL: Final = f"""
-SELECT customer, sum(base), sum(commission), sum(bonus), sum(entries) FROM (
-    SELECT customer_id AS customer, if(empty(customers), base_delta_micros, 0) AS base,
-           if(kind IN {_COMMISSION_KINDS}, amount_micros, 0) AS commission,
-           if(startsWith(kind, 'bonus_'), amount_micros, 0) AS bonus, 1 AS entries
-    FROM commissions FINAL WHERE reseller_id = {{r:String}} AND month = {{m:String}}
-    UNION ALL
-    SELECT part.1, part.2, 0, 0, 0
-    FROM commissions FINAL ARRAY JOIN arrayZip(mapKeys(customers), mapValues(customers)) AS part
-    WHERE reseller_id = {{r:String}} AND month = {{m:String}}
-)
-GROUP BY customer ORDER BY customer LIMIT {{n:UInt32}}
-"""
-
-
-def customer_breakdown(client: Client, reseller_id: str, month: str) -> list[CustomerFigures]:
-    """Per customer of the month (statements): base, commission, bonus; by customer id."""
-    rows = client.query(
-        _BREAKDOWN_SQL, parameters={"r": reseller_id, "m": month, "n": BREAKDOWN_MAX}
-    ).result_rows
-    return [
-        CustomerFigures(str(c), int(base), int(commission), int(bonus), int(count))
-        for c, base, commission, bonus, count in rows
-    ]
 
 
 # -- the independent batch check -----------------------------------------------------------

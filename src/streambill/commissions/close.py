@@ -259,7 +259,7 @@ class MonthCloser:
         earlier = (
             await session.scalars(select(Statement).where(Statement.reseller_id == tenant.id))
         ).all()
-        figures = await self.clickhouse.run(queries.month_figures, tenant.id, month)
+        figures, parts = await self.clickhouse.run(queries.month_with_customers, tenant.id, month)
         before = sorted(s.month for s in earlier if s.month < month)
         totals = await self.clickhouse.run(queries.month_totals, tenant.id, before)
         late = late_adjustments([s for s in earlier if s.month < month], totals)
@@ -269,19 +269,17 @@ class MonthCloser:
             f" {tenant.currency}",
         )
         check(
-            sum(figures.bases.values()) == figures.base_micros,
+            sum(parts.bases.values()) == figures.base_micros,
             f"the customers' parts of {tenant.id} {month} do not add up to its base",
         )
-        entries = figures.entry_count > 0
-        tier = figures.tier if entries else 0
-        rate = figures.rate if entries else str(plan.tiers[0].rate)
-        customers = sorted(set(figures.bases) | set(figures.bonuses))
-        bases = {c: figures.bases.get(c, 0) for c in customers}
+        tier, rate = figures.tier_and_rate(plan)
+        customers = sorted(set(parts.bases) | set(parts.bonuses))
+        bases = {c: parts.bases.get(c, 0) for c in customers}
         shares = share_commission(figures.commission_micros, bases, Decimal(rate))
         names = await _customer_names(session, customers)
         lines = []
         for c in customers:
-            bonus = figures.bonuses.get(c, 0)
+            bonus = parts.bonuses.get(c, 0)
             lines.append(
                 {
                     "customer_id": c,

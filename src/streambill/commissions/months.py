@@ -32,8 +32,16 @@ def check_month(month: str) -> str:
     Traceback (most recent call last):
     ...
     streambill.errors.InvalidEvent: month: want YYYY-MM, got '2026-13'
+    >>> check_month("2026-11\\n")  # the whole string: ``$`` alone would allow a newline
+    Traceback (most recent call last):
+    ...
+    streambill.errors.InvalidEvent: month: want YYYY-MM, got '2026-11\\n'
     """
-    if not isinstance(month, str) or not _MONTH.match(month) or not "2000" <= month[:4] <= "2999":
+    if (
+        not isinstance(month, str)
+        or not _MONTH.fullmatch(month)
+        or not "2000" <= month[:4] <= "2999"
+    ):
         raise InvalidEvent(f"month: want YYYY-MM, got {month!r}", code="invalid_request")
     return month
 

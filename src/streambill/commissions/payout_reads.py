@@ -14,7 +14,7 @@ from streambill.commissions.schemas import (
     RunNote,
 )
 from streambill.control.models import Payout, PayoutFile, PayoutRun
-from streambill.control.plane import ControlPlane, decode_cursor, encode_cursor
+from streambill.control.plane import ControlPlane, page_by_id
 from streambill.control.plans import sees_reseller, visible_reseller
 from streambill.control.principal import Principal
 from streambill.errors import Forbidden, NotFound
@@ -42,17 +42,11 @@ async def reseller_payouts(
 ) -> ResellerPayouts:
     tenant = await visible_reseller(cp, p, reseller_id)
     query = select(Payout).where(Payout.reseller_id == reseller_id)
-    after = decode_cursor(cursor)
-    if after is not None:
-        query = query.where(Payout.id > after)
+    page = await page_by_id(cp, query, Payout.id, limit, cursor, payout_public)
     async with cp.sessions() as session:
-        rows = (await session.scalars(query.order_by(Payout.id).limit(limit + 1))).all()
         due = (await positions(session, reseller_id))[reseller_id].due_micros
     return ResellerPayouts(
-        items=[payout_public(r) for r in rows[:limit]],
-        next_cursor=encode_cursor(rows[limit - 1].id) if len(rows) > limit else None,
-        currency=tenant.currency,
-        due_micros=due,
+        items=page.items, next_cursor=page.next_cursor, currency=tenant.currency, due_micros=due
     )
 
 

@@ -287,7 +287,8 @@ class AutoTopupState(Base):
 
 
 class StreamOffset(Base):
-    """How far a database-backed consumer (the auto top-up agent) has read a partition."""
+    """How far a database-backed consumer (the auto top-up and commissions agents) has read a
+    partition."""
 
     __tablename__ = "stream_offsets"
 

@@ -12,9 +12,12 @@ from sqlalchemy import select
 from streambill.analytics import commissions, queries
 from streambill.api.deps import AdminPrincipal, Runtime
 from streambill.api.params import ANY_ID_PATTERN
+from streambill.commissions.months import MONTH_PATTERN
+from streambill.commissions.queries import month_figures
 from streambill.control.models import AuditRecord, Tenant
+from streambill.control.plans import effective_plan
 from streambill.control.rates import load_rate_table
-from streambill.domain.commissions import Plan, plan_from_document
+from streambill.domain.commissions import Plan
 
 router = APIRouter(prefix="/v2/admin", tags=["operations"])
 
@@ -80,7 +83,7 @@ class CommissionCheck(BaseModel):
     resellers: list[CommissionCheckLine]
 
 
-MONTH_QUERY = Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")
+MONTH_QUERY = Query(pattern=MONTH_PATTERN, description="YYYY-MM")
 
 
 @router.get("/commissions/check", response_model=CommissionCheck)
@@ -102,19 +105,17 @@ async def commission_check(
             query = query.where(Tenant.id == reseller_id)
         resellers = (await session.scalars(query.order_by(Tenant.id))).all()
         rates = await load_rate_table(session)
-    plans: dict[str, Plan] = {
-        r.id: plan_from_document(r.commission_plan, r.currency, r.timezone) for r in resellers
-    }
+    plans: dict[str, Plan] = {r.id: effective_plan(r) for r in resellers}
     batch = await runtime.clickhouse.run(commissions.batch_commissions, plans, rates, {month})
     lines = []
     for reseller in resellers:
-        totals = await runtime.clickhouse.run(commissions.month_totals, reseller.id, month)
+        figures = await runtime.clickhouse.run(month_figures, reseller.id, month)
         expected = batch.get((reseller.id, month))
         stream = CommissionFigures(
-            base_micros=totals.base_micros if totals else 0,
-            commission_micros=totals.commission_micros if totals else 0,
-            bonus_micros=totals.bonus_micros if totals else 0,
-            total_micros=totals.total_micros if totals else 0,
+            base_micros=figures.base_micros,
+            commission_micros=figures.commission_micros,
+            bonus_micros=figures.bonus_micros,
+            total_micros=figures.total_micros,
         )
         recomputed = CommissionFigures(
             base_micros=expected.base_micros if expected else 0,
@@ -122,7 +123,7 @@ async def commission_check(
             bonus_micros=expected.bonus_micros if expected else 0,
             total_micros=expected.total_micros if expected else 0,
         )
-        if totals is None and expected is None:
+        if figures.entry_count == 0 and expected is None:
             continue
         lines.append(
             CommissionCheckLine(

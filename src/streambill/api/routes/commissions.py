@@ -8,7 +8,6 @@ of ``billing.commissions.v1`` (about a second). GraphQL calls the same two funct
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime
 from typing import Annotated, Final
 from urllib.parse import quote, urlencode
@@ -20,14 +19,14 @@ from streambill.analytics import commissions
 from streambill.analytics.rows import CommissionRow
 from streambill.api.deps import ApiRuntime, CurrentPrincipal, Runtime
 from streambill.api.params import ANY_ID_PATTERN
+from streambill.commissions import queries
+from streambill.commissions.months import MONTH_PATTERN, check_month
 from streambill.control.models import Tenant
-from streambill.control.plane import ControlPlane
+from streambill.control.plans import effective_plan, visible_reseller
 from streambill.control.principal import Principal
-from streambill.domain.commissions import Plan, plan_from_document
-from streambill.errors import InvalidEvent, NotFound
+from streambill.domain.commissions import Plan
 
 router = APIRouter(prefix="/v2/resellers", tags=["commissions"])
-MONTH_PATTERN: Final = r"^\d{4}-(0[1-9]|1[0-2])$"
 ENTRIES_LIMIT_DEFAULT: Final = 100
 ResellerId = Annotated[str, Path(min_length=1, max_length=128, pattern=ANY_ID_PATTERN)]
 Month = Annotated[
@@ -94,38 +93,11 @@ class CommissionEntryPage(BaseModel):
     next: str | None = Field(default=None, description="The next page; null on the last one.")
 
 
-async def visible_reseller(cp: ControlPlane, principal: Principal, reseller_id: str) -> Tenant:
-    """The reseller, if the principal may read its commissions: the admin, or the reseller
-    itself (not a service key, which acts for a tenant's traffic, not for its money)."""
-    if principal.is_admin or (
-        principal.role == "reseller" and principal.reseller_scope == reseller_id
-    ):
-        async with cp.sessions() as session:
-            tenant = await session.get(Tenant, reseller_id)
-        if tenant is not None and tenant.kind == "reseller":
-            return tenant
-    raise NotFound(f"reseller {reseller_id!r} not found")
-
-
-def check_month(month: str) -> str:
-    """
-    >>> check_month("2026-11")
-    '2026-11'
-    >>> check_month("2026-13")
-    Traceback (most recent call last):
-    ...
-    streambill.errors.InvalidEvent: month: want YYYY-MM, got '2026-13'
-    """
-    if re.fullmatch(MONTH_PATTERN, month) is None:
-        raise InvalidEvent(f"month: want YYYY-MM, got {month!r}", code="invalid_request")
-    return month
-
-
 async def _reseller_month(
     runtime: ApiRuntime, principal: Principal, reseller_id: str, month: str | None
 ) -> tuple[Tenant, Plan, str]:
     tenant = await visible_reseller(runtime.control, principal, reseller_id)
-    plan = plan_from_document(tenant.commission_plan, tenant.currency, tenant.timezone)
+    plan = effective_plan(tenant)
     chosen = check_month(month) if month is not None else plan.month_of(runtime.control.clock())
     return tenant, plan, chosen
 
@@ -151,34 +123,20 @@ async def month_summary(
 ) -> CommissionMonthPublic:
     """The month's figures; a month without entries is all zeros at the plan's first tier."""
     tenant, plan, chosen = await _reseller_month(runtime, principal, reseller_id, month)
-    totals = await runtime.clickhouse.run(commissions.month_totals, reseller_id, chosen)
-    url = entries_path(reseller_id, chosen)
-    if totals is None:
-        return CommissionMonthPublic(
-            reseller_id=reseller_id,
-            month=chosen,
-            currency=tenant.currency,
-            base_micros=0,
-            rate=str(plan.tiers[0].rate),
-            commission_micros=0,
-            bonus_micros=0,
-            total_micros=0,
-            tier=0,
-            entry_count=0,
-            entries_url=url,
-        )
+    figures = await runtime.clickhouse.run(queries.month_figures, reseller_id, chosen)
+    tier, rate = figures.tier_and_rate(plan)
     return CommissionMonthPublic(
         reseller_id=reseller_id,
         month=chosen,
-        currency=totals.currency,
-        base_micros=totals.base_micros,
-        rate=totals.rate,
-        commission_micros=totals.commission_micros,
-        bonus_micros=totals.bonus_micros,
-        total_micros=totals.total_micros,
-        tier=totals.tier,
-        entry_count=totals.entry_count,
-        entries_url=url,
+        currency=figures.currency if figures.entry_count else tenant.currency,
+        base_micros=figures.base_micros,
+        rate=rate,
+        commission_micros=figures.commission_micros,
+        bonus_micros=figures.bonus_micros,
+        total_micros=figures.total_micros,
+        tier=tier,
+        entry_count=figures.entry_count,
+        entries_url=entries_path(reseller_id, chosen),
     )
 
 
