@@ -279,6 +279,52 @@ def test_payout_runs_and_scope(api: Api, tenants: dict[str, str]) -> None:
     _error(failed, 422, "invalid_request")
 
 
+_GRAPHQL = """
+query($r: String!, $m: String!) {
+  statements(resellerId: $r) {
+    items { id month totalMicros payoutStatus csvUrl lines { customerId } }
+  }
+  statement(resellerId: $r, month: $m) { id currency rate totalMicros pdfUrl }
+  payouts(resellerId: $r) { items { id } currency dueMicros }
+}
+"""
+
+
+def test_graphql_answers_statements_and_payouts_like_rest(
+    api: Api, tenants: dict[str, str]
+) -> None:
+    a = tenants["a"]
+    api.ok("POST", "/v2/commissions/close", {"month": CLOSED_MONTH, "reseller_id": a})  # once
+    variables = {"r": a, "m": CLOSED_MONTH}
+    answer = api.call(
+        "POST", "/graphql", tenants["key_a"], {"query": _GRAPHQL, "variables": variables}
+    )
+    assert answer.status_code == 200 and "errors" not in answer.json(), answer.text
+    data = answer.json()["data"]
+    rest = api.ok("GET", f"/v2/resellers/{a}/statements/{CLOSED_MONTH}", token=tenants["key_a"])
+    assert data["statement"] == {
+        "id": rest["id"],
+        "currency": rest["currency"],
+        "rate": rest["rate"],
+        "totalMicros": rest["total_micros"],
+        "pdfUrl": f"/v2/resellers/{a}/statements/{CLOSED_MONTH}.pdf",
+    }
+    assert [s["id"] for s in data["statements"]["items"]] == [rest["id"]]
+    payouts = api.ok("GET", f"/v2/resellers/{a}/payouts", token=tenants["key_a"])
+    assert data["payouts"] == {
+        "items": [{"id": p["id"]} for p in payouts["items"]],
+        "currency": payouts["currency"],
+        "dueMicros": payouts["due_micros"],
+    }
+    # Another reseller, a customer: NOT_FOUND, as REST answers 404.
+    for who in ("key_b", "key_customer"):
+        denied = api.call(
+            "POST", "/graphql", tenants[who], {"query": _GRAPHQL, "variables": variables}
+        )
+        codes = {e["extensions"]["code"] for e in denied.json()["errors"]}
+        assert codes == {"NOT_FOUND"} and denied.json()["data"] is None, denied.text
+
+
 def test_the_command_line_asks_the_running_api(api: Api, tenants: dict[str, str]) -> None:
     env = {
         "STREAMBILL_API_PORT": str(api.stack.api_port),

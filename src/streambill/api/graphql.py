@@ -2,7 +2,9 @@
 
 Queries: ``tenant(id)``, ``customers(first, after, resellerId, status)``,
 ``balance(customerId)``, ``transactions(customerId, limit, beforeSeq)``,
-``commissions(resellerId, month)`` (with ``entries(limit, afterPosition)``). Mutations:
+``commissions(resellerId, month)`` (with ``entries(limit, afterPosition)``),
+``statements(resellerId, first, after)``, ``statement(resellerId, month)``,
+``payouts(resellerId, first, after)`` (api/graphql_commissions.py). Mutations:
 ``processUsage(customerId, meter, quantity, eventId, occurredAt)`` and
 ``createTopup(customerId, amount, savePaymentMethod, idempotencyKey)`` (Stripe Checkout).
 Every resolver calls the function its REST route calls, with the request's principal, so an
@@ -13,61 +15,25 @@ carry the stable code in ``extensions.code``. Money: decimal strings, and micros
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from datetime import date, datetime
-from typing import Any, NewType, TypeVar
+from datetime import datetime
+from typing import Any
 
 import orjson
 import strawberry
-from fastapi import Depends, Request
 from graphql import GraphQLError
-from strawberry.fastapi import BaseContext, GraphQLRouter
+from strawberry.fastapi import GraphQLRouter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
 from streambill.api import reads
-from streambill.api.deps import ApiRuntime, get_principal, get_runtime
-from streambill.api.routes import commissions as commission_reads
+from streambill.api.graphql_base import MAX_PAGE, MICROS_SCALAR, Context, Micros, call, context, ctx
+from streambill.api.graphql_commissions import CommissionQueries
 from streambill.api.routes.usage import accept_usage
 from streambill.api.schemas import LedgerEntryPublic
 from streambill.control import tenants
-from streambill.control.principal import Principal
 from streambill.control.schemas import TenantPublic, TopupCreate, TopupPublic
-from streambill.errors import NotFound, StreambillError
+from streambill.errors import NotFound
 from streambill.payments import checkout
-
-T = TypeVar("T")
-MAX_PAGE = 1000
-
-Micros = NewType("Micros", int)
-MICROS_SCALAR = strawberry.scalar(
-    name="Micros",
-    serialize=int,
-    parse_value=int,
-    description="An amount in micros (1 unit = 1,000,000): a 64-bit integer.",
-)
-
-
-class Context(BaseContext):
-    def __init__(self, runtime: ApiRuntime, principal: Principal) -> None:
-        super().__init__()
-        self.runtime = runtime
-        self.principal = principal
-
-
-async def _context(
-    request: Request,
-    runtime: ApiRuntime = Depends(get_runtime),  # noqa: B008 (FastAPI's dependency style)
-) -> Context:
-    principal = await get_principal(request, runtime)
-    return Context(runtime, principal)
-
-
-async def _call(action: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await action()
-    except StreambillError as exc:
-        raise GraphQLError(exc.message, extensions={"code": exc.code.upper()}) from None
 
 
 @strawberry.type
@@ -204,113 +170,30 @@ class Topup:
 
 
 @strawberry.type
-class CustomerPart:
-    customer_id: str
-    base_micros: Micros
-
-
-@strawberry.type
-class CommissionEntry:
-    entry_id: str
-    reseller_id: str
-    customer_id: str
-    month: str
-    kind: str
-    amount_micros: Micros
-    currency: str
-    base_micros: Micros
-    base_delta_micros: Micros
-    tier: int
-    rate: str
-    position: int
-    month_commission_micros: Micros
-    month_bonus_micros: Micros
-    customers: list[CustomerPart]
-    facts: int
-    source_entry_id: str
-    source_kind: str
-    source_amount_micros: Micros
-    source_currency: str
-    fx_rate: str | None
-    fx_date: date | None
-    occurred_at: datetime
-    created_at: datetime
-
-
-@strawberry.type
-class CommissionEntryPage:
-    entries: list[CommissionEntry]
-    next_after_position: int | None
-
-
-@strawberry.type
-class CommissionMonth:
-    reseller_id: str
-    month: str
-    currency: str
-    base_micros: Micros
-    rate: str
-    commission_micros: Micros
-    bonus_micros: Micros
-    total_micros: Micros
-    tier: int
-    entry_count: int
-    entries_url: str
-
-    @strawberry.field(description="The month's entries in position order, after afterPosition.")
-    async def entries(
-        self, info: Info[Context, Any], limit: int = 100, after_position: int = 0
-    ) -> CommissionEntryPage:
-        ctx = _ctx(info)
-        if not 1 <= limit <= MAX_PAGE or after_position < 0:
-            raise GraphQLError(
-                f"limit must be 1..{MAX_PAGE}, afterPosition >= 0",
-                extensions={"code": "INVALID_REQUEST"},
-            )
-        page = await _call(
-            lambda: commission_reads.entries_page(
-                ctx.runtime, ctx.principal, self.reseller_id, self.month, limit, after_position
-            )
-        )
-        entries = [
-            CommissionEntry(
-                **e.model_dump(exclude={"customers"}),
-                customers=[
-                    CustomerPart(customer_id=c, base_micros=Micros(b))
-                    for c, b in e.customers.items()
-                ],
-            )
-            for e in page.entries
-        ]
-        last = entries[-1].position if page.next is not None else None
-        return CommissionEntryPage(entries=entries, next_after_position=last)
-
-
-@strawberry.type
 class UsageResult:
     accepted: bool
     event_id: str
     customer_id: str
 
 
-def _ctx(info: Info[Context, Any]) -> Context:
-    return info.context
-
-
 @strawberry.type
-class Query:
+class Query(CommissionQueries):
     @strawberry.field(description="A reseller or customer in scope; NOT_FOUND otherwise.")
     async def tenant(self, info: Info[Context, Any], id: str) -> Tenant:
-        ctx = _ctx(info)
+        here = ctx(info)
 
         async def find() -> TenantPublic:
             try:
-                return await tenants.get_tenant(ctx.runtime.control, ctx.principal, "customer", id)
+                return await tenants.get_tenant(
+                    here.runtime.control, here.principal, "customer", id
+                )
             except NotFound:
-                return await tenants.get_tenant(ctx.runtime.control, ctx.principal, "reseller", id)
+                return await tenants.get_tenant(
+                    here.runtime.control, here.principal, "reseller", id
+                )
 
         try:
-            return Tenant.of(await _call(find))
+            return Tenant.of(await call(find))
         except GraphQLError:
             raise GraphQLError(
                 f"tenant {id!r} not found", extensions={"code": "NOT_FOUND"}
@@ -325,17 +208,17 @@ class Query:
         reseller_id: str | None = None,
         status: str | None = None,
     ) -> CustomerPage:
-        ctx = _ctx(info)
+        here = ctx(info)
         if not 1 <= first <= MAX_PAGE:
             raise GraphQLError(
                 f"first must be 1..{MAX_PAGE}", extensions={"code": "INVALID_REQUEST"}
             )
         if status not in (None, "active", "suspended", "closed"):
             raise GraphQLError("unknown status", extensions={"code": "INVALID_REQUEST"})
-        page = await _call(
+        page = await call(
             lambda: tenants.list_tenants(
-                ctx.runtime.control,
-                ctx.principal,
+                here.runtime.control,
+                here.principal,
                 "customer",
                 limit=first,
                 cursor=after,
@@ -347,8 +230,8 @@ class Query:
 
     @strawberry.field(description="A customer's live balance.")
     async def balance(self, info: Info[Context, Any], customer_id: str) -> Balance:
-        ctx = _ctx(info)
-        found = await _call(lambda: reads.balance(ctx.runtime, ctx.principal, customer_id))
+        here = ctx(info)
+        found = await call(lambda: reads.balance(here.runtime, here.principal, customer_id))
         return Balance(**found.model_dump())
 
     @strawberry.field(description="A customer's ledger entries, newest first.")
@@ -359,25 +242,15 @@ class Query:
         limit: int = 100,
         before_seq: int | None = None,
     ) -> list[Transaction]:
-        ctx = _ctx(info)
+        here = ctx(info)
         if not 1 <= limit <= MAX_PAGE:
             raise GraphQLError(
                 f"limit must be 1..{MAX_PAGE}", extensions={"code": "INVALID_REQUEST"}
             )
-        page = await _call(
-            lambda: reads.ledger(ctx.runtime, ctx.principal, customer_id, limit, before_seq)
+        page = await call(
+            lambda: reads.ledger(here.runtime, here.principal, customer_id, limit, before_seq)
         )
         return [Transaction.of(e) for e in page.entries]
-
-    @strawberry.field(description="A reseller's commission month (the admin or the reseller).")
-    async def commissions(
-        self, info: Info[Context, Any], reseller_id: str, month: str | None = None
-    ) -> CommissionMonth:
-        ctx = _ctx(info)
-        found = await _call(
-            lambda: commission_reads.month_summary(ctx.runtime, ctx.principal, reseller_id, month)
-        )
-        return CommissionMonth(**found.model_dump())
 
 
 @strawberry.type
@@ -392,7 +265,7 @@ class Mutation:
         event_id: str,
         occurred_at: datetime | None = None,
     ) -> UsageResult:
-        ctx = _ctx(info)
+        here = ctx(info)
         event: dict[str, Any] = {
             "event_id": event_id,
             "customer_id": customer_id,
@@ -401,7 +274,7 @@ class Mutation:
         }
         if occurred_at is not None:
             event["occurred_at"] = occurred_at.isoformat()
-        parsed = await _call(lambda: accept_usage(ctx.runtime, ctx.principal, orjson.dumps(event)))
+        parsed = await call(lambda: accept_usage(here.runtime, here.principal, orjson.dumps(event)))
         if parsed.rejected:
             first = parsed.rejected[0]
             raise GraphQLError(first.message, extensions={"code": first.code.upper()})
@@ -416,7 +289,7 @@ class Mutation:
         save_payment_method: bool = False,
         idempotency_key: str | None = None,
     ) -> Topup:
-        ctx = _ctx(info)
+        here = ctx(info)
         try:
             body = TopupCreate(amount=amount, save_payment_method=save_payment_method)
         except ValueError as exc:
@@ -428,9 +301,9 @@ class Mutation:
             raise GraphQLError(
                 "idempotencyKey is 1..128 characters", extensions={"code": "INVALID_REQUEST"}
             )
-        result, _ = await _call(
+        result, _ = await call(
             lambda: checkout.create_topup(
-                ctx.runtime.payments(), ctx.principal, customer_id, body, idempotency_key
+                here.runtime.payments(), here.principal, customer_id, body, idempotency_key
             )
         )
         return Topup.of(result)
@@ -447,7 +320,7 @@ def graphql_router() -> GraphQLRouter[Context, None]:
     return GraphQLRouter(
         schema,
         path="/graphql",
-        context_getter=_context,
+        context_getter=context,
         allow_queries_via_get=False,
         graphql_ide=None,
         tags=["graphql"],
