@@ -95,8 +95,10 @@ async def commission_check(
 ) -> CommissionCheck:
     """The month's commissions as the agent streamed them (the entries in ClickHouse) next to
     an independent batch computation from the ledger in ClickHouse, per reseller, to the
-    micro (default: the current month in UTC). Fails with ``no_exchange_rate`` when a
-    customer's amounts cannot be converted."""
+    micro (default: the current month in UTC). While a month still takes traffic the two
+    sides differ by what is in flight (the ledger reaches ClickHouse a slice and a sink flush,
+    a second or two, before its commissions do): check a quiet or past month, or again.
+    Fails with ``no_exchange_rate`` when a customer's amounts cannot be converted."""
     if month is None:
         month = runtime.control.clock().astimezone(UTC).strftime("%Y-%m")
     async with runtime.control.sessions() as session:
