@@ -29,7 +29,7 @@ def effective_plan(tenant: Tenant) -> Plan:
 
 def sees_reseller(p: Principal, reseller_id: str) -> bool:
     """The admin, or the reseller itself (its reseller keys and users; not a service key)."""
-    return p.is_admin or (p.role == "reseller" and p.tenant_id == reseller_id)
+    return p.sees_money_of(reseller_id)
 
 
 async def visible_reseller(cp: ControlPlane, p: Principal, reseller_id: str) -> Tenant:

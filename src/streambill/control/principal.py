@@ -42,6 +42,18 @@ class Principal:
         """The reseller whose customers this principal sees, if it is one."""
         return self.tenant_id if self.tenant_kind == "reseller" else None
 
+    def sees_money_of(self, reseller_id: str) -> bool:
+        """Whether this principal may read a reseller's commissions, statements and payouts:
+        the admin, or the reseller itself; not a service key bound to it (it acts for the
+        tenant's traffic, not for its money).
+
+        >>> Principal("reseller", "res_1", "reseller", "k").sees_money_of("res_1")
+        True
+        >>> Principal("service", "res_1", "reseller", "k").sees_money_of("res_1")
+        False
+        """
+        return self.is_admin or (self.role == "reseller" and self.reseller_scope == reseller_id)
+
     @property
     def customer_scope(self) -> str | None:
         """The one customer this principal is bound to, if it is one."""

@@ -384,7 +384,8 @@ class LiveHub:
         return len(targets)
 
     def publish_commission(self, commission: Mapping[str, Any]) -> int:
-        """Queue one commission entry for the admins and the reseller it belongs to."""
+        """Queue one commission entry for the admins and the reseller it belongs to (as the
+        REST and GraphQL reads: not for a service key bound to the reseller)."""
         reseller_id = commission.get("reseller_id")
         if type(reseller_id) is not str:
             raise InvalidEvent("commission lacks a reseller_id")
@@ -394,9 +395,7 @@ class LiveHub:
             for group in groups
             for subscriber in group
             if "commissions" in subscriber.channels
-            and (
-                subscriber.principal.is_admin or subscriber.principal.reseller_scope == reseller_id
-            )
+            and subscriber.principal.sees_money_of(reseller_id)
         ]
         if targets:
             text = _encode({**commission, "type": "commission"})
