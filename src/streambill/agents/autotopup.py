@@ -25,12 +25,12 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, TopicPartition
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from streambill.agents.offsets import store_offsets, stored_offsets
+from streambill.agents.offsets import assigned_consumer, store_offsets, stored_offsets
 from streambill.agents.publisher import Publisher
 from streambill.engine.balances import Message, partition_for
 from streambill.payments.autotopup import AutoTopups, Entry
@@ -83,17 +83,7 @@ class AutoTopupAgent:
         self._publisher = publisher
         self.service = service
         self.threshold_of = threshold_of
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"{topics.APP_ID}-{CONSUMER}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "fetch.wait.max.ms": fetch_wait_ms,
-                "enable.partition.eof": False,
-                "queued.max.messages.kbytes": 4096,
-            }
-        )
+        self._consumer = assigned_consumer(bootstrap, CONSUMER, fetch_wait_ms, 4096)
         self.assigned: set[int] = set()
         self.next_offsets: dict[int, int] = {}
         self._stored: dict[int, int] = {}

@@ -32,14 +32,14 @@ from functools import lru_cache
 from typing import Any, Final
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from prometheus_client import Counter, Gauge
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from streambill.agents.offsets import store_offsets, stored_offsets
+from streambill.agents.offsets import assigned_consumer, store_offsets, stored_offsets
 from streambill.agents.publisher import Publisher
 from streambill.control.models import CommissionCheckpoint, ExchangeRate
 from streambill.engine.balances import Message, Record, partition_for
@@ -171,17 +171,7 @@ class CommissionAgent:
         self.partitions = partitions
         self.checkpoint_s = checkpoint_s
         self.publisher = publisher
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"{topics.APP_ID}-{CONSUMER}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "fetch.wait.max.ms": fetch_wait_ms,
-                "enable.partition.eof": False,
-                "queued.max.messages.kbytes": 8192,
-            }
-        )
+        self._consumer = assigned_consumer(bootstrap, CONSUMER, fetch_wait_ms, 8192)
         self.assigned: set[int] = set()
         self.books: dict[int, CommissionPartition] = {}
         self.ledger_next: dict[int, int] = {}

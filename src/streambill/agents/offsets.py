@@ -11,10 +11,28 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from datetime import datetime
 
+from confluent_kafka import Consumer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 
 from streambill.control.models import StreamOffset
+from streambill.streams import topics
+
+
+def assigned_consumer(bootstrap: str, name: str, fetch_wait_ms: int, queue_kb: int) -> Consumer:
+    """A consumer for partitions the agent assigns itself and whose offsets it keeps in
+    ``stream_offsets`` (never committed to the group, never rebalanced by it)."""
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topics.APP_ID}-{name}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "fetch.wait.max.ms": fetch_wait_ms,
+            "enable.partition.eof": False,
+            "queued.max.messages.kbytes": queue_kb,
+        }
+    )
 
 
 async def stored_offsets(
