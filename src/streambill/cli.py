@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -79,6 +81,30 @@ def bench(events: int, rate: float, customers: int, topups: int) -> None:
     raise SystemExit(
         run_bench(load_settings(), events=events, rate=rate, customers=customers, topups=topups)
     )
+
+
+@main.command("ml-eval")
+@click.option(
+    "--only",
+    type=click.Choice(["forecast", "fraud", "shuttle", "airline"]),
+    multiple=True,
+    help="Run only these evaluations (default: all).",
+)
+def ml_eval(only: tuple[str, ...]) -> None:
+    """Prequential evaluation of the online models: one JSON line per model and dataset."""
+    import orjson
+
+    from streambill.online_ml import evaluate
+
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        "forecast": evaluate.forecast_generated,
+        "fraud": evaluate.fraud_generated,
+        "shuttle": evaluate.shuttle,
+        "airline": evaluate.airline_passengers,
+    }
+    for name, run in runs.items():
+        if not only or name in only:
+            click.echo(orjson.dumps(run()).decode())
 
 
 @main.command("close-month")

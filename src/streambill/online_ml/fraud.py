@@ -1,0 +1,94 @@
+"""Fraud scores for usage and payment events, learned online.
+
+Two River models over the features of :mod:`streambill.online_ml.features`:
+
+- **unsupervised**: a min-max scaler into HalfSpaceTrees, which learns what a customer
+  population's normal events look like and scores how isolated an event is (no labels
+  needed, so it works from the first day);
+- **supervised**: a standard scaler into a logistic regression that learns from labels as
+  they come (chargebacks, manual flags through the API); until it has seen both classes its
+  probability is not used.
+
+The score of an event is the larger of the two, in [0, 1].
+
+>>> from datetime import UTC, datetime, timedelta
+>>> scorer = FraudScorer(seed=1, window=100)
+>>> at = datetime(2026, 3, 2, 9, tzinfo=UTC)
+>>> for n in range(1500):  # five customers' ordinary calls, every tenth one labelled
+...     x = scorer.features.call(f"c{n % 5}", at + timedelta(minutes=15 * n), 3.0 + n % 3, "DE")
+...     _ = scorer.score_one(x)
+...     scorer.learn_one(x)
+...     if n % 10 == 0:
+...         scorer.learn_label(x, False)
+...     if n % 100 == 50:  # now and then a three-hour call abroad, charged back
+...         odd = scorer.features.call(f"c{n % 5}", at + timedelta(minutes=15 * n + 1), 180.0, "KP")
+...         scorer.learn_label(odd, True)
+>>> then = at + timedelta(minutes=15 * 1500)
+>>> normal = scorer.features.call("c0", then, 4.0, "DE")
+>>> odd = scorer.features.call("c1", then + timedelta(minutes=15), 200.0, "NG")
+>>> scorer.score_one(odd) > 0.9 > scorer.score_one(normal)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from river import anomaly, compose, linear_model, preprocessing
+
+from streambill.online_ml.features import CustomerFeatures
+
+Features = Mapping[str, float]
+
+
+class FeatureBook:
+    """The per-customer feature states of every customer seen."""
+
+    def __init__(self) -> None:
+        self.customers: dict[str, CustomerFeatures] = {}
+
+    def _of(self, customer_id: str) -> CustomerFeatures:
+        state = self.customers.get(customer_id)
+        if state is None:
+            state = self.customers[customer_id] = CustomerFeatures()
+        return state
+
+    def call(self, customer_id: str, at: datetime, minutes: float, destination: str) -> Features:
+        return self._of(customer_id).call(at, minutes, destination)
+
+    def topup(self, customer_id: str, at: datetime, amount_micros: int, ok: bool) -> Features:
+        return self._of(customer_id).topup(at, amount_micros, ok)
+
+
+class FraudScorer:
+    """``score_one(x)`` then ``learn_one(x)`` per event; ``learn_label(x, y)`` for a label."""
+
+    def __init__(self, seed: int = 42, trees: int = 25, height: int = 8, window: int = 500):
+        self.features = FeatureBook()
+        self.detector: Any = compose.Pipeline(
+            preprocessing.MinMaxScaler(),
+            anomaly.HalfSpaceTrees(n_trees=trees, height=height, window_size=window, seed=seed),
+        )
+        self.classifier: Any = compose.Pipeline(
+            preprocessing.StandardScaler(), linear_model.LogisticRegression()
+        )
+        self.labels = {True: 0, False: 0}
+
+    def score_one(self, x: Features) -> float:
+        unsupervised = float(self.detector.score_one(dict(x)))
+        if min(self.labels.values()) == 0:
+            return unsupervised
+        supervised = float(self.classifier.predict_proba_one(dict(x)).get(True, 0.0))
+        return max(unsupervised, supervised)
+
+    def unsupervised_one(self, x: Features) -> float:
+        return float(self.detector.score_one(dict(x)))
+
+    def learn_one(self, x: Features) -> None:
+        self.detector.learn_one(dict(x))
+
+    def learn_label(self, x: Features, fraud: bool) -> None:
+        self.classifier.learn_one(dict(x), fraud)
+        self.labels[fraud] += 1
