@@ -262,10 +262,10 @@ class CpuMeter:
 
     def begin(self) -> bool:
         """Wait until the processes settle (what the setup started has finished: two
-        one-second rates in a row within the margin), then take those rates as idle."""
+        one-second CPU rates in a row within the margin), then take those as the idle rates."""
         deadline = time.monotonic() + CPU_SETTLE_TIMEOUT_S
         before = self._now()
-        rates: dict[str, float] | None = None
+        usage: dict[str, float] | None = None
         while before is not None:
             time.sleep(CPU_IDLE_SAMPLE_S)
             now = self._now()
@@ -273,18 +273,18 @@ class CpuMeter:
                 before = None
                 break
             new = {k: (now[k] - before[k]) / CPU_IDLE_SAMPLE_S for k in now}
-            settled = rates is not None and all(
-                abs(new[k] - rates[k]) <= CPU_IDLE_MARGIN for k in new
+            settled = usage is not None and all(
+                abs(new[k] - usage[k]) <= CPU_IDLE_MARGIN for k in new
             )
-            before, rates = now, new
+            before, usage = now, new
             if settled or time.monotonic() > deadline:
                 break
-        if before is None or rates is None:
+        if before is None or usage is None:
             _progress("cpu: no /metrics from the workers or the api; cpu figures left out")
             return False
-        self.idle = rates
+        self.idle = usage
         self.start, self.started = before, time.monotonic()
-        _progress("cpu: idle " + ", ".join(f"{k} {v:.2f} cores" for k, v in rates.items()))
+        _progress("cpu: idle " + ", ".join(f"{k} {v:.2f} cores" for k, v in usage.items()))
         return True
 
     def end(self, events: int) -> dict[str, float]:

@@ -62,8 +62,8 @@ class Settings(BaseSettings):
     # the reseller's time zone) it is closed automatically, the smallest payout (smaller
     # amounts carry forward), and the platform's account that pays resellers by SEPA.
     commissions: bool = True
-    commission_checkpoint_s: float = Field(default=1.0, gt=0)
-    commission_close_grace_s: float = Field(default=3 * 24 * 3600, ge=0)
+    commission_checkpoint_ms: int = Field(default=1000, ge=10, le=60_000)
+    commission_close_grace_s: int = Field(default=3 * 24 * 3600, ge=0)
     payout_minimum: str = "50.00"
     sepa_debtor_name: str = "streambill platform"
     sepa_debtor_iban: str | None = None

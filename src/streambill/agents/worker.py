@@ -368,7 +368,7 @@ def build_commissions(settings: Settings, tables: Tables) -> CommissionAgent | N
         account_of,
         partitions=settings.topic_partitions,
         fetch_wait_ms=settings.fetch_max_wait_ms,
-        checkpoint_s=settings.commission_checkpoint_s,
+        checkpoint_s=settings.commission_checkpoint_ms / 1000,
         # Its own producer: the balances agent's must never flush or see its errors.
         publisher=Publisher(settings.bootstrap, idempotence=settings.kafka_idempotence),
     )

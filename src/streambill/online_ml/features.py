@@ -36,9 +36,9 @@ class Decayed:
     value: float = 0.0
     at: float = 0.0
 
-    def add(self, now: float, amount: float = 1.0) -> float:
-        """The value after adding ``amount`` at ``now`` (seconds)."""
-        self.value = self.peek(now) + amount
+    def add(self, now: float, weight: float = 1.0) -> float:
+        """The value after counting ``weight`` more at ``now`` (seconds)."""
+        self.value = self.peek(now) + weight
         self.at = max(self.at, now)
         return self.value
 
