@@ -59,6 +59,7 @@ BATCH_MAX: Final = 1000
 POLL_S: Final = 0.05
 ERROR_BACKOFF_S: Final = 2.0
 RATES_EVERY_S: Final = 2.0
+PLANS_EVERY_S: Final = 1.0
 # How long a slice stays open before the agent asks for it to be closed (the live ticker's
 # pace; shorter means more entries).
 TICK_S: Final = 0.25
@@ -180,6 +181,7 @@ class CommissionAgent:
         self._rates_requested: dict[int, set[tuple[date, str, Decimal]]] = {}
         self._last_checkpoint = 0.0
         self._last_rates = 0.0
+        self._last_plans = 0.0
         self._rates_since: datetime | None = None
         self._stopping = False
         self._ticks: dict[int, tuple[int, float, bool]] = {}  # partition -> slice, since, asked
@@ -280,8 +282,14 @@ class CommissionAgent:
         rate markers for reference rates a partition does not hold yet."""
         out: list[Message] = []
         now = time.monotonic()
+        # Plans change rarely: every reseller's account is looked at once a second, and at
+        # once only for a partition with facts waiting for a first plan.
+        plans_due = now - self._last_plans >= PLANS_EVERY_S
+        if plans_due:
+            self._last_plans = now
         for p, book in self.books.items():
-            out += book.plan_markers(self.account_of, self._plan_requested)
+            if plans_due or book.wants_plan:
+                out += book.plan_markers(self.account_of, self._plan_requested)
             if book.slice_start is None:
                 self._ticks.pop(p, None)
                 continue
