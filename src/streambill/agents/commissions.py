@@ -215,6 +215,7 @@ class CommissionAgent:
                 self.ledger_next.pop(p, None)
                 self._ledger_stored.pop(p, None)
                 self._rates_requested.pop(p, None)
+                self._ticks.pop(p, None)
         new = owned - self.assigned
         if new:
             ledger, states = await self._load(new)
@@ -422,6 +423,8 @@ class CommissionAgent:
         self._ledger_stored.clear()
         self._plan_requested.clear()
         self._rates_requested.clear()
+        # A tick asked for before the restart may never have reached the broker: ask again.
+        self._ticks.clear()
         self._rates_since = None
 
     async def stop(self, timeout_s: float = 10.0) -> None:
