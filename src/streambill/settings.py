@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     commission_checkpoint_ms: int = Field(default=1000, ge=10, le=60_000)
     commission_close_grace_s: int = Field(default=3 * 24 * 3600, ge=0)
     payout_minimum: str = "50.00"
+    # Online ML (streambill ml, online_ml/): fraud scores of every usage and payment event,
+    # usage forecasts. FRAUD_THRESHOLD is the score above which a fraud_suspected alert goes
+    # out (a reseller may set its own); FRAUD_AUTO_SUSPEND suspends the customer as well.
+    # FORECAST_HORIZON_H: a predicted_depletion alert when the balance is forecast to run out
+    # sooner. Model state is checkpointed every ML_CHECKPOINT_MS.
+    ml: bool = True
+    fraud_threshold: str = Field(default="0.90", pattern=r"^(0(\.\d{1,4})?|1(\.0{1,4})?)$")
+    fraud_auto_suspend: bool = False
+    forecast_horizon_h: int = Field(default=72, ge=1, le=24 * 30)
+    ml_checkpoint_ms: int = Field(default=5000, ge=100, le=600_000)
     sepa_debtor_name: str = "streambill platform"
     sepa_debtor_iban: str | None = None
     sepa_debtor_bic: str | None = None

@@ -16,10 +16,12 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
 )
@@ -89,6 +91,9 @@ class Tenant(Base):
     payment_method_label: Mapped[str | None] = mapped_column(String(128))
     # A reseller's commission plan (domain.commissions.plan_document); null: the defaults.
     commission_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # A reseller's fraud alert threshold (a score in [0, 1] as a decimal string); null: the
+    # platform's FRAUD_THRESHOLD.
+    fraud_threshold: Mapped[str | None] = mapped_column(String(8))
     # Bumped by every change; the accounts topic carries it so consumers can drop stale ones.
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime]
@@ -424,4 +429,51 @@ class PayoutFile(Base):
     format: Mapped[str] = mapped_column(String(32))
     content: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+
+class ModelCheckpoint(Base):
+    """An online-ML agent's state for one partition (pickled models and per-customer
+    features) and, per input topic, the offset up to which that state is complete
+    (agents/modelstate.py)."""
+
+    __tablename__ = "model_checkpoints"
+
+    agent: Mapped[str] = mapped_column(String(32), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offsets: Mapped[dict[str, int]] = mapped_column(JSON)
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    events: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+
+class CustomerForecast(Base):
+    """The forecast agent's latest view of a customer: units per day for the next seven days,
+    when the balance runs out at that pace, and the top-up it recommends (micros of the
+    customer's currency); what ``GET /v2/customers/{id}/forecast`` answers."""
+
+    __tablename__ = "customer_forecasts"
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    daily_units: Mapped[list[str]] = mapped_column(JSON)  # seven decimal strings
+    balance_micros: Mapped[int] = mapped_column(BigInteger)
+    depletion_at: Mapped[datetime | None]
+    recommended_topup_micros: Mapped[int | None] = mapped_column(BigInteger)
+    days_learned: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime]
+
+
+class FraudLabel(Base):
+    """A manual fraud flag (or all-clear) on a customer, or on one of its events, posted
+    through the API; relayed to the fraud agent on ``streambill.fraud-labels.v1``."""
+
+    __tablename__ = "fraud_labels"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id"), index=True)
+    fraud: Mapped[bool] = mapped_column(Boolean)
+    event_id: Mapped[str | None] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(String(500))
+    created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]

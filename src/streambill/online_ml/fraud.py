@@ -65,7 +65,7 @@ class FeatureBook:
 class FraudScorer:
     """``score_one(x)`` then ``learn_one(x)`` per event; ``learn_label(x, y)`` for a label."""
 
-    def __init__(self, seed: int = 42, trees: int = 25, height: int = 8, window: int = 500):
+    def __init__(self, seed: int = 42, trees: int = 15, height: int = 8, window: int = 500):
         self.features = FeatureBook()
         self.detector: Any = compose.Pipeline(
             preprocessing.MinMaxScaler(),

@@ -16,6 +16,11 @@ COMMISSIONS: Final = "billing.commissions.v1"
 # Internal: ledger entries of resellers' customers re-keyed by reseller_id, plus the
 # commissions agent's own markers (rates, plans); one partition holds a reseller's book.
 COMMISSION_FACTS: Final = "streambill.commission-facts.v1"
+# Fraud scores of usage and payment events (agents/fraud.py), key customer_id.
+FRAUD: Final = "billing.fraud.v1"
+# Fraud labels posted through the API (manual flags), key customer_id: the fraud agent's
+# supervised model learns from them (chargebacks reach it on the payments topic).
+FRAUD_LABELS: Final = "streambill.fraud-labels.v1"
 
 # The Faust app id; Faust names table changelogs "<app id>-<table>-changelog".
 APP_ID: Final = "streambill"
@@ -46,6 +51,8 @@ def topic_specs(partitions: int) -> list[TopicSpec]:
         TopicSpec(DEADLETTER, partitions),
         TopicSpec(COMMISSIONS, partitions),
         TopicSpec(COMMISSION_FACTS, partitions),
+        TopicSpec(FRAUD, partitions),
+        TopicSpec(FRAUD_LABELS, partitions),
         TopicSpec(BALANCES_CHANGELOG, partitions, compacted),
         TopicSpec(DEDUP_CHANGELOG, partitions, compacted),
         TopicSpec(ACCOUNTS_CHANGELOG, partitions, compacted),
