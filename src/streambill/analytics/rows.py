@@ -22,6 +22,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from streambill.analytics.fraud_scores import FraudScoreRow, fraud_score_row
 from streambill.domain.money import DECIMAL_CONTEXT, parse_decimal
 from streambill.errors import InvalidEvent
 from streambill.streams import topics
@@ -122,7 +123,7 @@ class CommissionRow(NamedTuple):
     created_at: datetime
 
 
-Row = LedgerRow | UsageRow | AlertRow | DeadLetterRow | CommissionRow
+Row = LedgerRow | UsageRow | AlertRow | DeadLetterRow | CommissionRow | FraudScoreRow
 Mapper = Callable[[bytes, int, int], Any]
 
 
@@ -517,6 +518,13 @@ TABLE_SPECS: Final[dict[str, TableSpec]] = {
             CommissionRow._fields,
             commission_row,
             lambda r: r.entry_id,
+        ),
+        TableSpec(
+            topics.FRAUD,
+            "fraud_scores",
+            FraudScoreRow._fields,
+            fraud_score_row,
+            lambda r: r.score_id,
         ),
     )
 }

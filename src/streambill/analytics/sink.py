@@ -1,7 +1,7 @@
-"""The ClickHouse sink: ledger, usage, alerts, dead letters and commission entries, in batches,
-then offsets.
+"""The ClickHouse sink: ledger, usage, alerts, dead letters, commission entries and fraud
+scores, in batches, then offsets.
 
-It runs in the api process (the one process that may open chDB). One loop consumes the five
+It runs in the api process (the one process that may open chDB). One loop consumes the six
 topics with aiokafka, maps each message to a row (:mod:`rows`), buffers (:class:`Batch`), and
 flushes when the batch holds ``sink_flush_rows`` rows or its first message is
 ``sink_flush_interval_s`` old: insert each table, then commit the offsets. Delivery into
@@ -46,11 +46,13 @@ SINK_TOPICS: Final = (
     topics.ALERTS,
     topics.DEADLETTER,
     topics.COMMISSIONS,
+    topics.FRAUD,
 )
 # Insert order: the ledger first, so a flush that fails later leaves the rest to the retry.
 # Commission entries have no rollup view: a replayed one is collapsed by ReplacingMergeTree
-# (and by FINAL / LIMIT 1 BY entry_id in the reads), so they need no existence check.
-_TABLE_ORDER: Final = ("ledger", "usage", "alerts", "deadletters", "commissions")
+# (and by FINAL / LIMIT 1 BY entry_id in the reads), so they need no existence check; fraud
+# scores likewise (LIMIT 1 BY score_id).
+_TABLE_ORDER: Final = ("ledger", "usage", "alerts", "deadletters", "commissions", "fraud_scores")
 BACKOFF_S_MIN: Final = 0.5
 BACKOFF_S_MAX: Final = 30.0
 POLL_IDLE_MS: Final = 500
