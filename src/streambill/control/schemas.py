@@ -13,7 +13,15 @@ from decimal import Decimal
 from typing import Annotated, Generic, Literal, TypeVar
 from zoneinfo import available_timezones
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StrictBool,
+    field_validator,
+)
 
 from streambill.domain.money import MAX_AMOUNT_MICROS, parse_decimal, round_micros
 from streambill.streams.events import AmountText, AutoTopup, Currency, PriceItem
@@ -61,6 +69,19 @@ Domain = Annotated[
 ]
 Iban = Annotated[str, Field(min_length=15, max_length=34, pattern=r"^[A-Z]{2}[0-9]{2}[A-Z0-9]+$")]
 Bic = Annotated[str, Field(pattern=r"^[A-Z]{6}[A-Z0-9]{2}(?:[A-Z0-9]{3})?$")]
+# A fraud score threshold: a decimal string in [0, 1] with at most 4 decimals (scores carry 4).
+FRAUD_THRESHOLD_PATTERN = r"^(0(\.[0-9]{1,4})?|1(\.0{1,4})?)$"
+FraudThreshold = Annotated[
+    str,
+    Field(
+        pattern=FRAUD_THRESHOLD_PATTERN,
+        description=(
+            "Score above which a fraud_suspected alert goes out for this reseller's customers:"
+            " a decimal string in [0, 1], at most 4 decimals; null: the platform default."
+        ),
+        examples=["0.85"],
+    ),
+]
 
 
 class _In(BaseModel):
@@ -102,12 +123,16 @@ class ResellerCreate(Branding, Payout):
     name: Text = Field(min_length=1, max_length=256)
     currency: Currency
     timezone: TimeZone = "Europe/Berlin"
+    fraud_threshold: FraudThreshold | None = None
 
 
 class ResellerUpdate(Branding, Payout):
     name: Text | None = Field(default=None, min_length=1, max_length=256)
     timezone: TimeZone | None = None
     status: Status | None = None
+    fraud_threshold: FraudThreshold | None = Field(
+        default=None, description="null resets it to the platform default (FRAUD_THRESHOLD)."
+    )
 
 
 class CustomerCreate(_In):
@@ -197,6 +222,10 @@ class TenantPublic(BaseModel):
     payout_iban: str | None
     payout_bic: str | None
     payout_email: str | None
+    fraud_threshold: str | None = Field(
+        default=None,
+        description="A reseller's own fraud alert threshold (null: the platform default).",
+    )
     payment_method: PaymentMethodPublic | None = Field(
         default=None, description="The payment method saved for auto top-up (customers)."
     )
@@ -412,6 +441,37 @@ class PaymentMethodSet(_In):
         pattern=r"^[A-Za-z0-9_]+$",
         description="A Stripe PaymentMethod (from a SetupIntent confirmed with Stripe.js).",
     )
+
+
+class FraudLabelCreate(_In):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"fraud": True, "event_id": "call-8812-part-1", "note": "takeover, see ticket 91"},
+                {"fraud": False, "note": "checked with the customer: genuine night shift"},
+            ]
+        },
+    )
+
+    fraud: StrictBool = Field(description="true: fraud; false: an all-clear.")
+    event_id: Text | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The usage or payment event the label is about; null: the customer.",
+    )
+    note: Text | None = Field(default=None, max_length=500)
+
+
+class FraudLabelPublic(BaseModel):
+    id: str
+    customer_id: str
+    fraud: bool
+    event_id: str | None
+    note: str | None
+    created_by: str
+    created_at: datetime
 
 
 class Page(BaseModel, Generic[T]):

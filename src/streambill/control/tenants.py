@@ -3,7 +3,7 @@ its outbox message (``billing.accounts.v1``) and its audit record.
 
 Who may do what (anything outside a principal's scope answers 404, see :mod:`.principal`):
 - resellers: the admin creates them and changes their status; a reseller edits its own name,
-  time zone, branding and payout details.
+  time zone, branding, payout details and fraud alert threshold.
 - customers: the admin or the owning reseller creates and edits them (prices, status, auto
   top-up); a customer changes its own auto top-up and low-balance threshold only.
 - a closed account stays closed (its ledger stays; its keys and sessions stop working).
@@ -46,6 +46,8 @@ _RESELLER_SELF_FIELDS = frozenset(
         "payout_iban",
         "payout_bic",
         "payout_email",
+        # its own fraud alert threshold (a stricter or looser eye on its own customers)
+        "fraud_threshold",
     }
 )
 _CUSTOMER_SELF_FIELDS = frozenset({"auto_topup", "low_balance_threshold"})
