@@ -4,7 +4,8 @@ Queries: ``tenant(id)``, ``customers(first, after, resellerId, status)``,
 ``balance(customerId)``, ``transactions(customerId, limit, beforeSeq)``,
 ``commissions(resellerId, month)`` (with ``entries(limit, afterPosition)``),
 ``statements(resellerId, first, after)``, ``statement(resellerId, month)``,
-``payouts(resellerId, first, after)`` (api/graphql_commissions.py). Mutations:
+``payouts(resellerId, first, after)`` (api/graphql_commissions.py), ``forecast(customerId)``,
+``fraudScores(customerId, limit)`` (api/graphql_ml.py). Mutations:
 ``processUsage(customerId, meter, quantity, eventId, occurredAt)`` and
 ``createTopup(customerId, amount, savePaymentMethod, idempotencyKey)`` (Stripe Checkout).
 Every resolver calls the function its REST route calls, with the request's principal, so an
@@ -28,6 +29,7 @@ from strawberry.types import Info
 from streambill.api import reads
 from streambill.api.graphql_base import MAX_PAGE, MICROS_SCALAR, Context, Micros, call, context, ctx
 from streambill.api.graphql_commissions import CommissionQueries
+from streambill.api.graphql_ml import MlQueries
 from streambill.api.routes.usage import accept_usage
 from streambill.api.schemas import LedgerEntryPublic
 from streambill.control import tenants
@@ -66,6 +68,7 @@ class Tenant:
     color_accent: str | None
     slug: str | None
     custom_domain: str | None
+    fraud_threshold: str | None
     version: int
     created_at: datetime
     updated_at: datetime
@@ -95,6 +98,7 @@ class Tenant:
             color_accent=t.color_accent,
             slug=t.slug,
             custom_domain=t.custom_domain,
+            fraud_threshold=t.fraud_threshold,
             version=t.version,
             created_at=t.created_at,
             updated_at=t.updated_at,
@@ -177,7 +181,7 @@ class UsageResult:
 
 
 @strawberry.type
-class Query(CommissionQueries):
+class Query(CommissionQueries, MlQueries):
     @strawberry.field(description="A reseller or customer in scope; NOT_FOUND otherwise.")
     async def tenant(self, info: Info[Context, Any], id: str) -> Tenant:
         here = ctx(info)

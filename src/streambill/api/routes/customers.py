@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
-from streambill.api import reads
+from streambill.api import mlreads, reads
 from streambill.api.deps import CurrentPrincipal, Runtime
 from streambill.api.params import ANY_ID_PATTERN, Cursor
-from streambill.api.schemas import BalancePublic, LedgerPage
+from streambill.api.schemas import BalancePublic, ForecastPublic, LedgerPage
 from streambill.control import adjustments, tenants
 from streambill.control.schemas import (
     AdjustmentCreate,
@@ -124,3 +124,13 @@ async def get_ledger(
 ) -> LedgerPage:
     """Entries newest first; page with ``before_seq``. Includes entries not yet flushed."""
     return await reads.ledger(runtime, principal, customer_id, limit, before_seq)
+
+
+@router.get("/{customer_id}/forecast", response_model=ForecastPublic)
+async def get_forecast(
+    customer_id: CustomerId, runtime: Runtime, principal: CurrentPrincipal
+) -> ForecastPublic:
+    """Units per day for the next 7 days, when the balance runs out at that pace, and the
+    top-up the forecast agent recommends. A customer the agent has not seen yet: seven
+    zeros, nulls and ``days_learned`` 0."""
+    return await mlreads.forecast(runtime, principal, customer_id)
