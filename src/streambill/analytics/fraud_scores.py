@@ -7,7 +7,8 @@ model outputs in [0, 1] (JSON numbers, 4 decimals), not money.
 
 Reads take the blocking clickhouse-connect client first (the api runs them through
 ``AsyncClickHouse.run``). ``fraud_scores`` collapses a replayed ``score_id`` only at merge
-time, so they read ``LIMIT 1 BY score_id`` (the latest scoring of an event wins).
+time, so they read ``LIMIT 1 BY score_id``: one copy per score (a replay is the same
+event scored again; which copy is shown does not matter, preferring the later scoring).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def _instant(name: str, value: object) -> datetime:
 # -- reads ------------------------------------------------------------------------------------
 
 _COLUMNS: Final = ", ".join(FraudScoreRow._fields)
-# Newest first; among a replayed score's copies, the latest scoring first (LIMIT 1 BY keeps it).
+# Newest first; of a replayed score's copies, the later scoring (LIMIT 1 BY keeps the first).
 _NEWEST: Final = " ORDER BY occurred_at DESC, score_id, scored_at DESC LIMIT 1 BY score_id"
 
 

@@ -120,6 +120,10 @@ async def customer_scores(
     await runtime.control.require_customer(principal, customer_id)
     require_fraud_staff(principal)
     rows = await runtime.clickhouse.run(fraud_scores.customer_scores, customer_id, limit)
+    if not rows and await runtime.control.customer_owner(customer_id) is None:
+        # the admin sees every id: one that neither the control plane nor the scores know is
+        # missing, as it is for everyone else
+        raise NotFound(f"customer {customer_id!r} not found")
     return FraudScoreList(items=[score_public(r) for r in rows])
 
 
