@@ -20,7 +20,15 @@ from typing import Any
 
 import pytest
 
-from apiworld import BACKENDS, Api, World, build_world, may_see, running_api
+from apiworld import (
+    BACKENDS,
+    PRINCIPAL_TENANTS,
+    Api,
+    World,
+    build_world,
+    may_see,
+    running_api,
+)
 from recorded_stripe import RecordedStripe
 
 pytestmark = pytest.mark.integration
@@ -55,6 +63,25 @@ GET_ANSWERS = {
     "/v2/topups/{attempt_id}/checkout": {"service_a": 403, "*": 409},
     # the world's payout run paid nobody by SEPA, so it has no pain.001 file
     "/v2/payouts/runs/{run_id}/pain.001.xml": {"*": 404},
+    # fraud labels and scores: the admin and the owning reseller; a suspect never sees them
+    "/v2/customers/{customer_id}/fraud-labels": {
+        "customer_a": 403,
+        "customer_b": 403,
+        "service_a": 403,
+        "*": 200,
+    },
+    "/v2/customers/{customer_id}/fraud-scores": {
+        "customer_a": 403,
+        "customer_b": 403,
+        "service_a": 403,
+        "*": 200,
+    },
+}
+# Writes whose exact success status is checked for the principals allowed to do them.
+WRITE_SUCCESS = {("POST", "/v2/customers/{customer_id}/fraud-labels"): 201}
+# Writes that a principal who sees the object may still never do (403), by role.
+WRITE_FORBIDDEN = {
+    ("POST", "/v2/customers/{customer_id}/fraud-labels"): {"customer_a", "customer_b", "service_a"},
 }
 _counter = itertools.count()
 
@@ -73,6 +100,7 @@ def _body(method: str, path: str) -> Any:
         ("PUT", "/v2/resellers/{reseller_id}/commission-plan"): {"new_customer_bonus": "5"},
         ("POST", "/v2/payouts/{payout_id}/paid"): None,
         ("POST", "/v2/payouts/{payout_id}/failed"): {"reason": "matrix"},
+        ("POST", "/v2/customers/{customer_id}/fraud-labels"): {"fraud": True, "note": "matrix"},
     }
     return bodies[(method, path)]
 
@@ -98,6 +126,9 @@ ADMIN_WRITES: dict[tuple[str, str], tuple[Any, str | None, int]] = {
     ("POST", "/v2/payouts/runs"): (None, None, 201),
 }
 SELF = {"/v2/auth/me"}
+# Reads of a reseller's customers' data, scoped by an optional reseller_id filter: the admin
+# (all, or any reseller), a reseller (itself; another's id: 404); anyone else 403.
+RESELLER_SCOPED = {"/v2/fraud/suspected"}
 # No bearer key: public, or authenticated otherwise (Stripe's signature; test_stripe_webhook).
 PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/v2/auth/login", "/v2/stripe/webhook"}
 REFERENCING = {  # creates that name another object in their body
@@ -188,6 +219,10 @@ def _check_object_route(
                 if method == "GET":
                     answers = GET_ANSWERS.get(path, {})
                     ok = r.status_code == answers.get(principal, answers.get("*", 200))
+                elif principal in WRITE_FORBIDDEN.get((method, path), ()):
+                    ok = r.status_code == 403
+                elif (method, path) in WRITE_SUCCESS:
+                    ok = r.status_code == WRITE_SUCCESS[(method, path)]
                 else:
                     ok = r.status_code not in (401, 404)
                 tally.expect(ok, what)
@@ -274,6 +309,25 @@ def _check_admin_write(api: Api, world: World, tally: Tally, method: str, path: 
         tally.expect(r.status_code == expected, f"{principal} {method} {path}: {r.status_code}")
 
 
+def _check_reseller_scoped(api: Api, world: World, tally: Tally, path: str) -> None:
+    for principal in PRINCIPALS:
+        for target in (None, "res_a", "res_b", "ghost"):
+            params = {} if target is None else {"reseller_id": world.objects.get(target, GHOST)}
+            r = api.call("GET", path, token(world, principal), params=params)
+            what = f"{principal} GET {path} {params}: {r.status_code} {r.text[:160]}"
+            if principal in ("none", "revoked"):
+                expected = 401
+            elif principal == "admin":
+                expected = 404 if target == "ghost" else 200
+            elif principal in ("reseller_a", "reseller_b"):
+                own = PRINCIPAL_TENANTS[principal][0]
+                expected = 200 if target in (None, own) else 404
+            else:
+                expected = 403
+            tally.expect(r.status_code == expected, what)
+            tally.expect(not _leaks(world, principal, r.text), f"leak: {what}")
+
+
 def _check_admin_only(api: Api, world: World, tally: Tally, method: str, path: str) -> None:
     for principal in PRINCIPALS:
         r = api.call(method, path, token(world, principal))
@@ -294,8 +348,17 @@ GRAPHQL_BY_CUSTOMER = {
         ' amount: "10.00", idempotencyKey: $e) { id status checkoutUrl } }'
     ),
 }
+GRAPHQL_BY_CUSTOMER["forecast"] = (
+    "query($id: String!) { forecast(customerId: $id) { dailyUnits daysLearned } }"
+)
+GRAPHQL_BY_CUSTOMER["fraudScores"] = (
+    "query($id: String!) { fraudScores(customerId: $id, limit: 5) { scoreId } }"
+)
 # Fields a service key may never use, whatever it sees (FORBIDDEN).
 GRAPHQL_NOT_FOR_SERVICE = {GRAPHQL_BY_CUSTOMER["createTopup"]}
+# Fields only the admin and the owning reseller use: customers and service keys that see the
+# customer get FORBIDDEN (fraud scores are not shown to a suspect).
+GRAPHQL_STAFF_ONLY = {GRAPHQL_BY_CUSTOMER["fraudScores"]}
 GRAPHQL_TENANT = "query($id: String!) { tenant(id: $id) { id name } }"
 GRAPHQL_CUSTOMERS = "{ customers(first: 1000) { items { id name } } }"
 
@@ -324,6 +387,10 @@ def _check_graphql(api: Api, world: World, tally: Tally) -> None:
         if (
             principal == "service_a"
             and query in GRAPHQL_NOT_FOR_SERVICE
+            and may_see(principal, obj)
+        ) or (
+            principal in ("customer_a", "customer_b", "service_a")
+            and query in GRAPHQL_STAFF_ONLY
             and may_see(principal, obj)
         ):
             tally.expect(codes == {"FORBIDDEN"}, what)
@@ -368,6 +435,8 @@ def test_every_route_and_field_keeps_to_the_scope(world: tuple[Api, World]) -> N
             _check_admin_write(api, w, tally, method, path)
         elif path in ADMIN_ONLY:
             _check_admin_only(api, w, tally, method, path)
+        elif method == "GET" and path in RESELLER_SCOPED:
+            _check_reseller_scoped(api, w, tally, path)
         elif method == "POST" and path in REFERENCING:
             _check_references(api, w, tally, path)
         elif method == "POST" and path in CREATE_ONLY_ADMIN:
