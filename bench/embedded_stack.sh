@@ -2,7 +2,7 @@
 # dir, started, awaited, and stopped on exit (also on failure or Ctrl-C).
 #
 # The caller sets ROOT, PY, WORKERS, TAG (log prefix) and DATA_PREFIX, then calls
-# start_embedded_stack; afterwards DATA, API_PORT, BROKER_PORT and WORKER_PORT are set.
+# start_embedded_stack; afterwards DATA, API_PORT, BROKER_PORT, WORKER_PORT and ML_PORT are set.
 # KEEP=1 keeps the data dir. READY_TIMEOUT_S and STOP_TIMEOUT_S bound the waits.
 
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-180}
@@ -41,13 +41,14 @@ cleanup() {
 start_embedded_stack() {
   DATA=$(mktemp -d -t "$DATA_PREFIX-XXXXXX")
   # Free ports: broker, api, and WORKERS consecutive ones for the workers (port + i).
-  read -r BROKER_PORT API_PORT WORKER_PORT < <("$PY" "$ROOT/bench/free_ports.py" "$WORKERS")
+  read -r BROKER_PORT API_PORT WORKER_PORT ML_PORT < <("$PY" "$ROOT/bench/free_ports.py" "$WORKERS")
   export STREAMBILL_DATA_DIR="$DATA"
   export STREAMBILL_BROKER_STORAGE=memory
   export STREAMBILL_DEMO=0
   export STREAMBILL_BROKER_PORT="$BROKER_PORT"
   export STREAMBILL_API_PORT="$API_PORT"
   export STREAMBILL_WORKER_PORT="$WORKER_PORT"
+  export STREAMBILL_ML_PORT="$ML_PORT"
   unset STREAMBILL_KAFKA_BOOTSTRAP STREAMBILL_ADMIN_API_KEY
   trap cleanup EXIT
   trap 'exit 130' INT TERM

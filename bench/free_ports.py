@@ -1,4 +1,4 @@
-"""Print three free TCP ports: broker, api, and the first of N consecutive free ones.
+"""Print four free TCP ports: broker, api, the first of N consecutive free ones, ml.
 
 Usage: python bench/free_ports.py N  (N workers listen on first, first + 1, ...)
 """
@@ -33,7 +33,12 @@ def main() -> None:
     workers = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     rng = random.Random()
     taken: set[int] = set()
-    print(pick(1, taken, rng), pick(1, taken, rng), pick(max(1, workers), taken, rng))
+    print(
+        pick(1, taken, rng),
+        pick(1, taken, rng),
+        pick(max(1, workers), taken, rng),
+        pick(1, taken, rng),
+    )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,18 @@ def worker(web_port: int | None) -> None:
 
 
 @main.command()
+@click.option("--web-port", type=int, default=None, help="Port of /healthz, /readyz, /metrics.")
+def ml(web_port: int | None) -> None:
+    """Run the online-ML agents: fraud scores and usage forecasts (one per stack)."""
+    from streambill.agents.mlworker import run_ml
+
+    settings = load_settings()
+    if web_port is not None:
+        settings = settings.model_copy(update={"ml_port": web_port})
+    raise SystemExit(run_ml(settings))
+
+
+@main.command()
 def api() -> None:
     """Run the api: REST, the ClickHouse sink and the live fan-out."""
     from streambill.api.server import run_api

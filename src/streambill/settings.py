@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     api_port: int = 8000
     # The worker's own HTTP port (/healthz, /readyz, /metrics); `up` gives worker i port + i.
     worker_port: int = 6066
+    # /healthz, /readyz and /metrics of `streambill ml` (the online-ML agents).
+    ml_port: int = 6065
     # The embedded S3 store (localbucket) behind the durable broker; 0 picks a free port.
     bucket_port: int = 0
     admin_api_key: str | None = None

@@ -69,6 +69,7 @@ class _Stack:
     data_dir: Path
     broker: EmbeddedBroker | None = None
     workers: list[ChildProcess] = field(default_factory=list)
+    ml: ChildProcess | None = None
     api: ChildProcess | None = None
     demo: ChildProcess | None = None
 
@@ -139,6 +140,10 @@ def _run(stack: _Stack, workers: int, stop: StopRequest) -> int:
         worker = stack.child(f"worker-{index}", ["worker", "--web-port", str(port)], env)
         stack.workers.append(worker)
         targets[worker.name] = (worker, f"http://127.0.0.1:{port}/readyz")
+    if settings.ml:
+        # The online-ML agents stop with the workers (in parallel) and are as essential.
+        stack.ml = stack.child("ml", ["ml", "--web-port", str(settings.ml_port)], env)
+        targets["ml"] = (stack.ml, f"http://127.0.0.1:{settings.ml_port}/readyz")
     stack.api = stack.child("api", ["api"], env)
     targets["api"] = (stack.api, f"{_local_url(settings)}/readyz")
     for child, _url in targets.values():
@@ -214,6 +219,8 @@ def _check_ports(settings: Settings, workers: int) -> None:
             require_free_port(settings.bucket_port, "localbucket")
     for index in range(workers):
         require_free_port(settings.worker_port + index, f"worker {index}")
+    if settings.ml:
+        require_free_port(settings.ml_port, "ml")
     api_host = "0.0.0.0" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
     require_free_port(settings.api_port, "api", api_host)
 
@@ -262,7 +269,7 @@ def _died(child: ChildProcess, code: int | None, when: str) -> str:
 
 def _supervise(stack: _Stack, stop: StopRequest) -> int:
     """Watch the children until a stop is requested (0) or an essential one dies (1)."""
-    essential = [*stack.workers, *([stack.api] if stack.api else [])]
+    essential = [*stack.workers, *(c for c in (stack.ml, stack.api) if c is not None)]
     while not stop.wait(MONITOR_INTERVAL_S):
         if stack.broker is not None:
             try:
@@ -289,10 +296,12 @@ def _shutdown(stack: _Stack) -> bool:
     for child in (stack.demo, stack.api):
         if child is not None:
             clean = child.stop(STOP_TIMEOUT_S) and clean
-    for worker in stack.workers:  # workers stop in parallel: each hands back its partitions
+    # Workers stop in parallel (each hands back its partitions), the ml process with them.
+    stopping = [*stack.workers, *([stack.ml] if stack.ml is not None else [])]
+    for worker in stopping:
         worker.terminate()
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    for worker in stack.workers:
+    for worker in stopping:
         clean = worker.finish(deadline) and clean
     if _saves_broker(stack) and stack.broker is not None:
         # Every producer and consumer of the stack has stopped: the topics are at rest.
@@ -310,7 +319,7 @@ def _shutdown(stack: _Stack) -> bool:
             clean = False
     if stack.broker is not None:
         clean = stack.broker.stop(STOP_TIMEOUT_S) and clean
-    stack.demo = stack.api = stack.broker = None
+    stack.demo = stack.api = stack.broker = stack.ml = None
     stack.workers = []
     return clean
 
@@ -367,6 +376,8 @@ def _print_banner(stack: _Stack, bootstrap: str, admin_key: str) -> None:
     ]
     for index in range(len(stack.workers)):
         rows.append((f"worker {index}", f"http://127.0.0.1:{settings.worker_port + index}/metrics"))
+    if stack.ml is not None:
+        rows.append(("ml", f"http://127.0.0.1:{settings.ml_port}/metrics"))
     rows += [
         ("kafka", f"{bootstrap} ({kafka})"),
         ("admin key", admin_key),

@@ -123,6 +123,7 @@ def stack_env(data_dir: Path, *, workers: int = 1, storage: Storage = "memory") 
         STREAMBILL_BROKER_PORT=str(free_port()),
         STREAMBILL_API_PORT=str(free_port()),
         STREAMBILL_WORKER_PORT=str(free_port_range(workers)),
+        STREAMBILL_ML_PORT=str(free_port()),
         STREAMBILL_DEMO="0",
         PYTHONUNBUFFERED="1",
     )

@@ -115,6 +115,18 @@ class CustomerFeatures:
 
     def topup(self, at: datetime, amount_micros: int, succeeded: bool) -> dict[str, float]:
         """Features of a top-up (payment event, declined ones too), then learn it."""
+        features = self._payment(at, amount_micros, learn=True, succeeded=succeeded)
+        self.amounts.add(amount_micros / 1_000_000)
+        return features
+
+    def peek_payment(self, at: datetime, amount_micros: int) -> dict[str, float]:
+        """Features of another payment (a refund, a chargeback, an adjustment), learning
+        nothing: they are not top-ups, so they do not teach what the customer's top-ups are."""
+        return self._payment(at, abs(amount_micros), learn=False, succeeded=True)
+
+    def _payment(
+        self, at: datetime, amount_micros: int, *, learn: bool, succeeded: bool
+    ) -> dict[str, float]:
         now = at.timestamp()
         hour = at.astimezone(UTC).hour + at.minute / 60
         amount = amount_micros / 1_000_000
@@ -130,12 +142,15 @@ class CustomerFeatures:
             "weekend": 1.0 if at.weekday() >= 5 else 0.0,
             "new_destination": 0.0,
             "new_destinations_day": self.new_destinations_day.peek(now),
-            "topups_hour": self.topups_hour.add(now),
-            "failed_day": self.failed_day.add(now, 0.0 if succeeded else 1.0),
+            "topups_hour": self.topups_hour.add(now) if learn else self.topups_hour.peek(now),
+            "failed_day": (
+                self.failed_day.add(now, 0.0 if succeeded else 1.0)
+                if learn
+                else self.failed_day.peek(now)
+            ),
             "is_payment": 1.0,
             "amount_z": self.amounts.z(amount),
         }
-        self.amounts.add(amount)
         return features
 
     def _usual_calls(self, now: float) -> float:

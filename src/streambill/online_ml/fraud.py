@@ -61,6 +61,9 @@ class FeatureBook:
     def topup(self, customer_id: str, at: datetime, amount_micros: int, ok: bool) -> Features:
         return self._of(customer_id).topup(at, amount_micros, ok)
 
+    def peek_payment(self, customer_id: str, at: datetime, amount_micros: int) -> Features:
+        return self._of(customer_id).peek_payment(at, amount_micros)
+
 
 class FraudScorer:
     """``score_one(x)`` then ``learn_one(x)`` per event; ``learn_label(x, y)`` for a label."""
@@ -77,18 +80,22 @@ class FraudScorer:
         self.labels = {True: 0, False: 0}
 
     def score_one(self, x: Features) -> float:
-        unsupervised = float(self.detector.score_one(dict(x)))
-        if min(self.labels.values()) == 0:
-            return unsupervised
-        supervised = float(self.classifier.predict_proba_one(dict(x)).get(True, 0.0))
-        return max(unsupervised, supervised)
+        unsupervised = self.unsupervised_one(x)
+        supervised = self.supervised_one(x)
+        return unsupervised if supervised is None else max(unsupervised, supervised)
 
     def unsupervised_one(self, x: Features) -> float:
-        return float(self.detector.score_one(dict(x)))
+        return float(self.detector.score_one(x))
+
+    def supervised_one(self, x: Features) -> float | None:
+        """The classifier's fraud probability, or None until it has seen both classes."""
+        if min(self.labels.values()) == 0:
+            return None
+        return float(self.classifier.predict_proba_one(x).get(True, 0.0))
 
     def learn_one(self, x: Features) -> None:
-        self.detector.learn_one(dict(x))
+        self.detector.learn_one(x)
 
     def learn_label(self, x: Features, fraud: bool) -> None:
-        self.classifier.learn_one(dict(x), fraud)
+        self.classifier.learn_one(x, fraud)
         self.labels[fraud] += 1
