@@ -91,8 +91,9 @@ def _labels_on_topic(bootstrap: str, until: int, timeout_s: float) -> list[tuple
     try:
         while time.monotonic() < deadline and len(out) < until:
             for msg in consumer.consume(1000, 0.5):
-                if msg.error() is None and msg.value() is not None:
-                    out.append((msg.partition(), msg.key().decode(), orjson.loads(msg.value())))
+                partition, key, value = msg.partition(), msg.key(), msg.value()
+                if msg.error() is None and partition is not None and key and value:
+                    out.append((partition, key.decode(), orjson.loads(value)))
         return out
     finally:
         consumer.close()
