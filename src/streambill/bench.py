@@ -228,7 +228,8 @@ def _quiesce(settings: Settings, timeout_s: float = QUIET_TIMEOUT_S) -> None:
 
 
 class CpuMeter:
-    """CPU time the workers and the api spend on a phase, past what they use idle.
+    """CPU time the workers, the api and the ml process spend on a phase, past what they
+    use idle.
 
     Throughput alone hides work that runs behind the ledger (the commissions agent, the
     sink): the phase counts until every process is idle again, and the idle rate measured
@@ -240,6 +241,10 @@ class CpuMeter:
             "worker": metrics_urls(settings.worker_port),
             "api": [f"{settings.api_url}/metrics"],
         }
+        # The online-ML process (fraud scores, forecasts), when the stack runs one.
+        ml = f"http://127.0.0.1:{settings.ml_port}/metrics"
+        if cpu_seconds([ml]) is not None:
+            self.groups["ml"] = [ml]
         # The embedded broker: the stack's pid files (none with an external Kafka).
         self.broker_pids = support_pids(settings.data_dir / "run")
         self.idle: dict[str, float] = {}

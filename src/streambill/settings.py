@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     # FORECAST_HORIZON_H: a predicted_depletion alert when the balance is forecast to run out
     # sooner. Model state is checkpointed every ML_CHECKPOINT_MS.
     ml: bool = True
-    fraud_threshold: str = Field(default="0.90", pattern=r"^(0(\.\d{1,4})?|1(\.0{1,4})?)$")
+    fraud_threshold: str = Field(default="0.95", pattern=r"^(0(\.\d{1,4})?|1(\.0{1,4})?)$")
     fraud_auto_suspend: bool = False
     forecast_horizon_h: int = Field(default=72, ge=1, le=24 * 30)
     ml_checkpoint_ms: int = Field(default=5000, ge=100, le=600_000)

@@ -14,6 +14,7 @@ transaction), which ``GET /v2/customers/{id}/forecast`` reads.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,7 @@ from streambill.errors import InvalidEvent
 from streambill.streams import topics
 
 UPSERT_CHUNK = 500
+FORECAST_EVERY_S = 1.0
 
 
 def decode_entry(raw: bytes) -> tuple[Entry, str | None] | None:
@@ -102,6 +104,8 @@ class ForecastAgent(ModelAgent):
         self.horizon_s = horizon_h * 3600
         self.resellers: dict[str, str | None] = {}
         self.pending: dict[str, Forecast] = {}  # to write with the next checkpoint
+        self._touched: set[str] = set()  # since the last forecast round
+        self._forecast_at = 0.0
         self.skipped = 0
         self.alerts = 0
 
@@ -114,10 +118,11 @@ class ForecastAgent(ModelAgent):
     async def start(self) -> None:
         await super().start()
         self.pending.clear()
+        self._touched.clear()
 
     def handle(self, messages: Sequence[Any]) -> list[Message]:
         book = self.book
-        touched: set[str] = set()
+        touched = self._touched
         for m in messages:
             value = m.value()
             if value is None:
@@ -130,6 +135,12 @@ class ForecastAgent(ModelAgent):
             if book.entry(entry):
                 touched.add(entry.customer_id)
                 self.resellers[entry.customer_id] = reseller_id
+        now = time.monotonic()
+        if not touched or now - self._forecast_at < FORECAST_EVERY_S:
+            return []
+        # Forecast the customers whose balance moved, at most once a second each (a busy
+        # customer's hundreds of entries a second would otherwise each cost a forecast).
+        self._forecast_at = now
         out: list[Message] = []
         created_at = self.clock().isoformat()
         for customer_id in touched:
@@ -151,7 +162,17 @@ class ForecastAgent(ModelAgent):
                         orjson.dumps(alert),
                     )
                 )
+        touched.clear()
         return out
+
+    async def checkpoint(self) -> None:
+        # The customers touched since the last forecast round get theirs now: the forecasts
+        # written with the checkpoint must cover what it holds.
+        self._forecast_at = 0.0
+        more = self.handle([])
+        if more:
+            await self.publisher.publish(more)
+        await super().checkpoint()
 
     async def on_checkpoint(self, session: SqlSession, now: datetime) -> None:
         if not self.pending:

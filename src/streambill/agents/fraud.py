@@ -174,6 +174,7 @@ class FraudAgent(ModelAgent):
         self.alerts = 0
         self.suspended = 0
         self._to_suspend: list[tuple[str, str]] = []
+        self._partition_of: dict[str, int] = {}
 
     def new_book(self) -> FraudBook:
         return FraudBook()
@@ -221,6 +222,7 @@ class FraudAgent(ModelAgent):
         scored_at = self.clock().isoformat()
         out: list[Message] = []
         partitions = self.partitions
+        partition_of = self._partition_of
         for m in messages:
             topic, value = m.topic(), m.value()
             if topic == topics.ACCOUNTS:
@@ -256,15 +258,18 @@ class FraudAgent(ModelAgent):
                 continue
             record, alert = result
             record["scored_at"] = scored_at
-            key = record["customer_id"].encode()
-            partition = partition_for(key, partitions)
+            customer_id = record["customer_id"]
+            key = customer_id.encode()
+            partition = partition_of.get(customer_id)
+            if partition is None:  # murmur2 in Python: a few µs, once per customer
+                partition = partition_of[customer_id] = partition_for(key, partitions)
             out.append(Message(topics.FRAUD, partition, key, orjson.dumps(record)))
             if alert is not None:
                 alert["created_at"] = scored_at
                 self.alerts += 1
-                if self.auto_suspend and self.active.get(record["customer_id"], False):
+                if self.auto_suspend and self.active.get(customer_id, False):
                     alert["details"]["auto_suspended"] = True
-                    self._to_suspend.append((record["customer_id"], alert["alert_id"]))
+                    self._to_suspend.append((customer_id, alert["alert_id"]))
                 out.append(Message(topics.ALERTS, partition, key, orjson.dumps(alert)))
         return out
 

@@ -91,7 +91,8 @@ class MlProcess:
             )
         except Exception as exc:  # the database is down or not migrated yet: not held
             log.warning("ml lease: control-plane database unavailable (%s)", type(exc).__name__)
-            held = False
+            self.lease_held = self.standby = False
+            return False
         if held:
             # Count the TTL from before the request: the database may have taken a while.
             self._lease_until = started + LEASE_TTL_S
@@ -102,7 +103,9 @@ class MlProcess:
     async def run(self) -> None:
         while not self.stopping.is_set():
             if not await self._renew():
-                await self._wait(RENEW_EVERY_S)
+                # Standing by: look again in a while; no database yet (the api migrates it
+                # at its start): soon.
+                await self._wait(RENEW_EVERY_S if self.standby else 1.0)
                 continue
             log.info("ml lease held by %s: running the fraud and forecast agents", self.holder)
             tasks = [asyncio.create_task(agent.run(self.holding)) for agent in self.agents]
@@ -160,6 +163,8 @@ class MlProcess:
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         lines = [
+            "# TYPE process_cpu_seconds_total counter",
+            f"process_cpu_seconds_total {time.process_time():.6f}",
             "# TYPE streambill_ml_lease_held gauge",
             f"streambill_ml_lease_held {int(self.lease_held)}",
         ]

@@ -475,5 +475,5 @@ class FraudLabel(Base):
     fraud: Mapped[bool] = mapped_column(Boolean)
     event_id: Mapped[str | None] = mapped_column(String(128))
     note: Mapped[str | None] = mapped_column(String(500))
-    created_by: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime]

@@ -32,19 +32,19 @@ the horizon; at most one per customer per day (the id names the day).
 >>> view = book.forecast("c1")
 >>> [round(u) for u in view.daily_units]
 [100, 100, 100, 100, 100, 100, 100]
->>> view.depletion_at.isoformat()  # today's 100 are used; 45.00 last 4.5 more days
+>>> view.depletion_at.isoformat()  # today's 100 are used; 45.00 last 4.5 days from midnight
 '2026-06-26T12:00:00+00:00'
 >>> view.recommended_topup_micros  # six more days * 10.00 - 45.00
 15000000
->>> book.alert("c1", view, horizon_s=72 * 3600) is None  # 4.5 days left: no alert
+>>> book.alert("c1", view, horizon_s=72 * 3600) is None  # 5 days left: no alert
 True
->>> book.alert("c1", view, horizon_s=5 * 86400)["kind"]
+>>> book.alert("c1", view, horizon_s=6 * 86400)["kind"]
 'predicted_depletion'
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final, NamedTuple
 
@@ -82,7 +82,7 @@ class Forecast(NamedTuple):
     at: datetime
 
 
-@dataclass
+@dataclass(slots=True)
 class _Customer:
     currency: str
     model: DailyUsage = field(default_factory=DailyUsage)
@@ -95,6 +95,17 @@ class _Customer:
     units_micros: int = 0  # all usage so far, for the average price per unit
     spent_micros: int = 0
     alerted_day: date | None = None
+
+    # Checkpoints pickle one per customer; the generated slots state walks fields() each time.
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _CUSTOMER_SLOTS)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for name, value in zip(_CUSTOMER_SLOTS, state, strict=True):
+            setattr(self, name, value)
+
+
+_CUSTOMER_SLOTS: Final = tuple(f.name for f in fields(_Customer))
 
 
 class ForecastBook:

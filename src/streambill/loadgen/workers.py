@@ -150,11 +150,11 @@ def proc_cpu_seconds(pids: list[int]) -> float | None:
 
 
 def support_pids(run_dir: Path) -> list[int]:
-    """The stack's processes besides workers and api (the broker, localbucket), from the
+    """The stack's processes besides workers, ml and api (the broker, localbucket), from the
     pid files ``streambill up`` writes."""
     pids = []
     for pid_file in sorted(run_dir.glob("*.pid")):
-        if pid_file.stem.startswith(("worker", "api")):
+        if pid_file.stem.startswith(("worker", "api", "ml")):
             continue
         try:
             pids.append(int(pid_file.read_text().strip()))

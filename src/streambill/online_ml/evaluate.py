@@ -105,9 +105,9 @@ def fraud_generated(
                 event.customer_id, event.at, event.amount_micros, event.succeeded
             )
         fraud = event.fraud is not None
-        combined.append((scorer.score_one(x), fraud))
-        unsupervised.append((scorer.unsupervised_one(x), fraud))
-        scorer.learn_one(x)
+        score, alone, _ = scorer.score_learn_one(x)  # what the fraud agent does per event
+        combined.append((score, fraud))
+        unsupervised.append((alone, fraud))
         if labels.random() < label_share:
             scorer.learn_label(x, fraud)
     return {

@@ -19,16 +19,34 @@ float in a known range or a ratio, so a min-max scaler can map it to [0, 1].
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 HOUR_S: Final = 3600.0
 DAY_S: Final = 86_400.0
 Z_CAP: Final = 50.0
+# The features of every event, in the order its dict holds them.
+FEATURES: Final = (
+    "calls_hour",
+    "calls_day_ratio",
+    "minutes_day",
+    "length_z",
+    "log_minutes",
+    "hour_sin",
+    "hour_cos",
+    "night",
+    "weekend",
+    "new_destination",
+    "new_destinations_day",
+    "topups_hour",
+    "failed_day",
+    "is_payment",
+    "amount_z",
+)
 
 
-@dataclass
+@dataclass(slots=True)
 class Decayed:
     """A count that halves every ``half_life_s`` seconds (an online sliding window)."""
 
@@ -42,19 +60,32 @@ class Decayed:
         self.at = max(self.at, now)
         return self.value
 
+    # Checkpoints pickle one of these per window and customer: plain tuples are fast.
+    def __getstate__(self) -> tuple[float, float, float]:
+        return (self.half_life_s, self.value, self.at)
+
+    def __setstate__(self, state: tuple[float, float, float]) -> None:
+        self.half_life_s, self.value, self.at = state
+
     def peek(self, now: float) -> float:
         if now <= self.at:
             return self.value
         return self.value * math.pow(0.5, (now - self.at) / self.half_life_s)
 
 
-@dataclass
+@dataclass(slots=True)
 class Running:
     """Mean and variance, one value at a time (Welford)."""
 
     n: int = 0
     mean: float = 0.0
     m2: float = 0.0
+
+    def __getstate__(self) -> tuple[int, float, float]:
+        return (self.n, self.mean, self.m2)
+
+    def __setstate__(self, state: tuple[int, float, float]) -> None:
+        self.n, self.mean, self.m2 = state
 
     def z(self, value: float) -> float:
         """How many standard deviations ``value`` is from the mean so far (capped)."""
@@ -70,7 +101,7 @@ class Running:
         self.m2 += delta * (value - self.mean)
 
 
-@dataclass
+@dataclass(slots=True)
 class CustomerFeatures:
     calls_hour: Decayed = field(default_factory=lambda: Decayed(HOUR_S))
     calls_day: Decayed = field(default_factory=lambda: Decayed(DAY_S))
@@ -83,6 +114,21 @@ class CustomerFeatures:
     calls_seen: int = 0
     first_call_s: float | None = None
     destinations: set[str] = field(default_factory=set)
+
+    # Checkpoints pickle one per customer; the generated slots state walks fields() each time.
+    # Windows and running stats go in as their tuples (one object each, not three).
+    def __getstate__(self) -> tuple[object, ...]:
+        values = (getattr(self, name) for name in _SLOTS)
+        return tuple(v.__getstate__() if isinstance(v, Decayed | Running) else v for v in values)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(_SLOTS, state, strict=True):
+            kind = _NESTED.get(name)
+            if kind is not None:
+                nested = object.__new__(kind)
+                nested.__setstate__(value)
+                value = nested
+            setattr(self, name, value)
 
     def call(self, at: datetime, minutes: float, destination: str) -> dict[str, float]:
         """Features of a call (usage event), then learn it."""
@@ -160,3 +206,11 @@ class CustomerFeatures:
             return 0.0
         days = max(1.0, (now - self.first_call_s) / DAY_S)
         return 1.44 * self.calls_seen / days
+
+
+_SLOTS: Final = tuple(f.name for f in fields(CustomerFeatures))
+_NESTED: Final[dict[str, type[Decayed] | type[Running]]] = {
+    f.name: Decayed if f.type == "Decayed" else Running
+    for f in fields(CustomerFeatures)
+    if f.type in ("Decayed", "Running")
+}

@@ -53,7 +53,7 @@ def upgrade() -> None:
         sa.Column("fraud", sa.Boolean(), nullable=False),
         sa.Column("event_id", sa.String(length=128), nullable=True),
         sa.Column("note", sa.String(length=500), nullable=True),
-        sa.Column("created_by", sa.String(length=64), nullable=False),
+        sa.Column("created_by", sa.String(length=256), nullable=False),
         _at("created_at"),
         sa.ForeignKeyConstraint(["customer_id"], ["tenants.id"]),
         sa.PrimaryKeyConstraint("id"),
