@@ -33,7 +33,7 @@ from streambill.engine.forecast import Entry, Forecast, ForecastBook
 from streambill.errors import InvalidEvent
 from streambill.streams import topics
 
-UPSERT_CHUNK = 500
+UPSERT_CHUNK = 2000
 FORECAST_EVERY_S = 1.0
 
 
@@ -180,20 +180,22 @@ class ForecastAgent(ModelAgent):
         rows = [forecast_row(view, now) for view in self.pending.values()]
         dialect = (await session.connection()).dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(CustomerForecast)
+        excluded = statement.excluded
+        statement = statement.on_conflict_do_update(
+            index_elements=[CustomerForecast.customer_id],
+            set_={
+                "currency": excluded.currency,
+                "daily_units": excluded.daily_units,
+                "balance_micros": excluded.balance_micros,
+                "depletion_at": excluded.depletion_at,
+                "recommended_topup_micros": excluded.recommended_topup_micros,
+                "days_learned": excluded.days_learned,
+                "updated_at": excluded.updated_at,
+            },
+        )
+        # One statement, many parameter sets (executemany): a multi-row VALUES statement
+        # compiled per checkpoint cost ~0.1 ms of CPU per row.
         for start in range(0, len(rows), UPSERT_CHUNK):
-            statement = insert(CustomerForecast).values(rows[start : start + UPSERT_CHUNK])
-            excluded = statement.excluded
-            statement = statement.on_conflict_do_update(
-                index_elements=[CustomerForecast.customer_id],
-                set_={
-                    "currency": excluded.currency,
-                    "daily_units": excluded.daily_units,
-                    "balance_micros": excluded.balance_micros,
-                    "depletion_at": excluded.depletion_at,
-                    "recommended_topup_micros": excluded.recommended_topup_micros,
-                    "days_learned": excluded.days_learned,
-                    "updated_at": excluded.updated_at,
-                },
-            )
-            await session.execute(statement)
+            await session.execute(statement, rows[start : start + UPSERT_CHUNK])
         self.pending.clear()

@@ -179,9 +179,12 @@ class MlProcess:
             lines.append(f"# TYPE {name} {kind}")
             for agent in self.agents:
                 lines.append(f'{name}{{agent="{agent.name}"}} {value(agent)}')
+        book = self.fraud.book
         lines += [
             "# TYPE streambill_ml_suspended_total counter",
             f"streambill_ml_suspended_total {self.fraud.suspended}",
+            "# TYPE streambill_ml_labels_total counter",
+            f'streambill_ml_labels_total{{agent="fraud"}} {book.labels if book else 0}',
         ]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
