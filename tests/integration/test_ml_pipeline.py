@@ -49,14 +49,14 @@ def metric(port: int, name: str, agent: str | None = None) -> int:
     return int(found.group(1)) if found else -1
 
 
-def wait_for(check: Any, timeout_s: float, what: str) -> Any:
+def wait_for(check: Any, timeout_s: float, what: str, explain: Any = lambda: "") -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}\n{explain()}")
 
 
 def test_fraud_and_forecast_agents_in_the_pipeline(api: Api) -> None:
@@ -114,6 +114,7 @@ def test_fraud_and_forecast_agents_in_the_pipeline(api: Api) -> None:
             lambda: api.ok("GET", f"/v2/customers/{suspect}")["status"] == "suspended",
             60,
             "the suspect's suspension",
+            lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text + ml.tail(),
         )
         assert status
         assert api.ok("GET", f"/v2/customers/{busy}")["status"] == "active"
@@ -132,17 +133,20 @@ def test_fraud_and_forecast_agents_in_the_pipeline(api: Api) -> None:
         assert depletion[0]["details"]["recommended_topup_micros"] % 5_000_000 == 0
         assert depletion[0]["details"]["recommended_topup_micros"] > 0
 
-        scores = read_topic(api.bootstrap, FRAUD, until=23, timeout_s=30, distinct="score_id")
-        assert len({s["score_id"] for s in scores}) == 23
+        # 23 usage events and the opening adjustment (a payment event)
+        scores = read_topic(api.bootstrap, FRAUD, until=24, timeout_s=30, distinct="score_id")
+        assert len({s["score_id"] for s in scores}) == 24
+        assert {s["kind"] for s in scores} == {"usage", "adjustment"}
         by_customer = {s["customer_id"] for s in scores if s["suspected"]}
         assert by_customer == {suspect}
 
         def busy_scores() -> list[dict[str, Any]] | None:
             items = api.ok("GET", f"/v2/customers/{busy}/fraud-scores")["items"]
-            return items if len(items) == 20 else None
+            return items if len(items) == 21 else None
 
-        stored = wait_for(busy_scores, 60, "the busy customer's 20 scores in ClickHouse")
-        assert {s["event_id"] for s in stored} == {f"b{n}" for n in range(20)}
+        stored = wait_for(busy_scores, 60, "the busy customer's 21 scores in ClickHouse")
+        usage_ids = {s["event_id"] for s in stored if s["kind"] == "usage"}
+        assert usage_ids == {f"b{n}" for n in range(20)}
 
         before = metric(port, "streambill_ml_labels_total", "fraud")
         api.ok("POST", f"/v2/customers/{busy}/fraud-labels", {"fraud": False, "note": "known"})

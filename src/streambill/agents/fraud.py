@@ -26,11 +26,13 @@ from datetime import datetime
 from typing import Any, Final
 
 import orjson
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from streambill.agents.modelstate import ModelAgent
+from streambill.agents.offsets import assigned_consumer
 from streambill.agents.publisher import Publisher
 from streambill.control.models import Tenant
 from streambill.control.suspension import suspend_for_fraud
@@ -43,6 +45,7 @@ from streambill.streams import topics
 log = logging.getLogger(__name__)
 
 THRESHOLDS_EVERY_S: Final = 5.0
+ACCOUNTS_CATCH_UP_S: Final = 60.0
 # Usage attributes that name where a call went, in order of preference.
 DESTINATION_KEYS: Final = ("destination", "country", "to_country", "to")
 
@@ -216,7 +219,41 @@ class FraudAgent(ModelAgent):
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             return
 
+    def read_reference(self) -> dict[tuple[str, int], int]:
+        """Every account as of now, before the first event is scored (a score needs the
+        customer's reseller for its threshold)."""
+        consumer = assigned_consumer(self._bootstrap, "ml-fraud-accounts", 100, 8192)
+        try:
+            ends = {}
+            for p in range(self.partitions):
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topics.ACCOUNTS, p), timeout=10
+                )
+                if high > low:
+                    ends[p] = high
+            consumer.assign([TopicPartition(topics.ACCOUNTS, p, OFFSET_BEGINNING) for p in ends])
+            done: dict[int, int] = {}
+            deadline = time.monotonic() + ACCOUNTS_CATCH_UP_S
+            while len(done) < len(ends) and time.monotonic() < deadline:
+                for m in consumer.consume(5000, 0.2):
+                    if m.error() is None:
+                        self._account(m.value(), m.key())
+                        partition, offset = int(m.partition() or 0), int(m.offset() or 0)
+                        if offset + 1 >= ends[partition]:
+                            done[partition] = ends[partition]
+            if len(done) < len(ends):
+                log.warning("fraud agent: accounts not read to their end in time; going on")
+            return {(topics.ACCOUNTS, p): offset for p, offset in done.items()}
+        finally:
+            consumer.close()
+
     def handle(self, messages: Sequence[Any]) -> list[Message]:
+        # Accounts first: a customer created a moment before its first usage is known to it.
+        if any(m.topic() == topics.ACCOUNTS for m in messages):
+            for m in messages:
+                if m.topic() == topics.ACCOUNTS:
+                    self._account(m.value(), m.key())
+            messages = [m for m in messages if m.topic() != topics.ACCOUNTS]
         book = self.book
         reseller_of = self.resellers.get
         scored_at = self.clock().isoformat()

@@ -99,6 +99,11 @@ class ModelAgent:
         """How many events the book has learned (reported, and stored with a checkpoint)."""
         return 0
 
+    def read_reference(self) -> dict[tuple[str, int], int]:
+        """Before the inputs: read the reference topics up to where they end now (in a thread);
+        (topic, partition) -> the offset to go on from. Default: read them with the inputs."""
+        return {}
+
     async def prepare(self) -> None:
         """Called before each batch: refresh what the agent reads from the database."""
 
@@ -130,9 +135,11 @@ class ModelAgent:
                 starts.append(TopicPartition(topic, p, offset))
                 if offset >= 0:
                     self.next_offsets[(topic, p)] = offset
+        reference = await asyncio.to_thread(self.read_reference)
         for topic in self.reference:
             starts.extend(
-                TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(self.partitions)
+                TopicPartition(topic, p, reference.get((topic, p), OFFSET_BEGINNING))
+                for p in range(self.partitions)
             )
         if self._consumer is not None:
             self._consumer.close()
