@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     fraud_threshold: str = Field(default="0.95", pattern=r"^(0(\.\d{1,4})?|1(\.0{1,4})?)$")
     fraud_auto_suspend: bool = False
     forecast_horizon_h: int = Field(default=72, ge=1, le=24 * 30)
-    ml_checkpoint_ms: int = Field(default=5000, ge=100, le=600_000)
+    ml_checkpoint_ms: int = Field(default=10_000, ge=100, le=600_000)
     sepa_debtor_name: str = "streambill platform"
     sepa_debtor_iban: str | None = None
     sepa_debtor_bic: str | None = None

@@ -65,6 +65,47 @@ class FeatureBook:
         return self._of(customer_id).peek_payment(at, amount_micros)
 
 
+class MinMax:
+    """Each feature scaled into [0, 1] by the smallest and largest value seen so far (what
+    River's ``preprocessing.MinMaxScaler`` does, 0 while they are equal), with learning and
+    scaling in one pass over plain dicts: a fifth of its cost per event.
+
+    >>> scaler = MinMax()
+    >>> [scaler.learn_transform({"a": v})["a"] for v in (5.0, 7.0, 6.0, 9.0)]
+    [0.0, 1.0, 0.5, 1.0]
+    >>> scaler.transform_one({"a": 8.0, "b": 1.0})
+    {'a': 0.75, 'b': 0.0}
+    """
+
+    def __init__(self) -> None:
+        self.low: dict[str, float] = {}
+        self.high: dict[str, float] = {}
+
+    def learn_transform(self, x: Features) -> dict[str, float]:
+        low, high = self.low, self.high
+        out = {}
+        for name, value in x.items():
+            lo = low.get(name)
+            if lo is None:
+                low[name] = high[name] = value
+                out[name] = 0.0
+                continue
+            hi = high[name]
+            if value < lo:
+                low[name] = lo = value
+            elif value > hi:
+                high[name] = hi = value
+            out[name] = (value - lo) / (hi - lo) if hi > lo else 0.0
+        return out
+
+    def transform_one(self, x: Features) -> dict[str, float]:
+        out = {}
+        for name, value in x.items():
+            lo, hi = self.low.get(name, value), self.high.get(name, value)
+            out[name] = min(max((value - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.0
+        return out
+
+
 class _HalfSpaceTrees(anomaly.HalfSpaceTrees):
     """River's HalfSpaceTrees with :meth:`score_learn_one`: the score of ``x`` (against the
     reference window) and the learning of it (into the latest window) in one walk down each
@@ -81,12 +122,12 @@ class _HalfSpaceTrees(anomaly.HalfSpaceTrees):
         height, limit = self.height, 0.1 * self.window_size
         total = 0.0
         for root in self.trees:
-            node, weight, scoring = root, 1, True
-            for _ in range(height):
-                if scoring:
-                    total += node.r_mass * weight
-                    scoring = node.r_mass >= limit
-                    weight <<= 1
+            node, weight, depth = root, 1, 0
+            # Down while the reference mass is large enough to score on (River's early stop)...
+            for depth in range(1, height + 1):  # noqa: B007 (depth is read after the loop)
+                mass = node.r_mass
+                total += mass * weight
+                weight <<= 1
                 node.l_mass += 1
                 value = x.get(node.feature)
                 left, right = node.children
@@ -94,8 +135,19 @@ class _HalfSpaceTrees(anomaly.HalfSpaceTrees):
                     node = right if left.l_mass < right.l_mass else left
                 else:
                     node = left if value < node.threshold else right
-            if scoring:
-                total += node.r_mass * weight
+                if mass < limit:
+                    break
+            else:
+                total += node.r_mass * weight  # scored down to the leaf
+            # ...then on down only to learn (``depth`` levels were walked).
+            for _ in range(height - depth):
+                node.l_mass += 1
+                value = x.get(node.feature)
+                left, right = node.children
+                if value is None:
+                    node = right if left.l_mass < right.l_mass else left
+                else:
+                    node = left if value < node.threshold else right
             node.l_mass += 1
         self.counter += 1
         if self.counter == self.window_size:
@@ -112,7 +164,7 @@ class FraudScorer:
 
     def __init__(self, seed: int = 42, trees: int = 10, height: int = 7, window: int = 500):
         self.features = FeatureBook()
-        self.scaler = preprocessing.MinMaxScaler()
+        self.scaler = MinMax()
         self.detector = _HalfSpaceTrees(n_trees=trees, height=height, window_size=window, seed=seed)
         self.classifier: Any = compose.Pipeline(
             preprocessing.StandardScaler(), linear_model.LogisticRegression()
@@ -128,8 +180,7 @@ class FraudScorer:
         """Score ``x``, then learn it as normal: (score, unsupervised, supervised or None).
         What the agents call for every event: the scaler learns ``x`` first and the detector
         scores and learns the scaled ``x`` in one pass."""
-        self.scaler.learn_one(x)
-        unsupervised = float(self.detector.score_learn_one(self.scaler.transform_one(x)))
+        unsupervised = float(self.detector.score_learn_one(self.scaler.learn_transform(x)))
         supervised = self.supervised_one(x)
         score = unsupervised if supervised is None else max(unsupervised, supervised)
         return score, unsupervised, supervised
@@ -146,8 +197,7 @@ class FraudScorer:
         return float(self.classifier.predict_proba_one(x).get(True, 0.0))
 
     def learn_one(self, x: Features) -> None:
-        self.scaler.learn_one(x)
-        self.detector.learn_one(self.scaler.transform_one(x))
+        self.detector.learn_one(self.scaler.learn_transform(x))
 
     def learn_label(self, x: Features, fraud: bool) -> None:
         self.classifier.learn_one(x, fraud)
