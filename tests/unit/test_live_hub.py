@@ -117,6 +117,25 @@ def test_each_principal_gets_exactly_its_customers_balances_and_alerts() -> None
         assert len(got) == 2 * len(EXPECTED_CUSTOMERS[principal])
 
 
+def test_fraud_alerts_reach_the_admin_and_the_reseller_never_the_suspect() -> None:
+    hub = LiveHub()
+    subscribers = {p: subscribed(hub, p, "alerts") for p in EXPECTED_CUSTOMERS}
+    for customer_id in OWNERS:
+        hub.publish_alert({**alert(customer_id, 1), "kind": "fraud_suspected"})
+        hub.publish_alert({**alert(customer_id, 2), "kind": "predicted_depletion"})
+    expected_fraud = {
+        ADMIN: {"cus_1", "cus_2", "cus_3", "cus_9"},
+        RESELLER_A: {"cus_1", "cus_2"},
+        RESELLER_B: {"cus_3"},
+    }
+    for principal, subscriber in subscribers.items():
+        got = messages(subscriber)
+        fraud = {m["customer_id"] for m in got if m["kind"] == "fraud_suspected"}
+        depletion = {m["customer_id"] for m in got if m["kind"] == "predicted_depletion"}
+        assert fraud == expected_fraud.get(principal, set()), principal.label()
+        assert depletion == EXPECTED_CUSTOMERS[principal], principal.label()
+
+
 def test_commissions_reach_the_admin_and_their_reseller_only() -> None:
     hub = LiveHub()
     subscribers = {p: subscribed(hub, p) for p in EXPECTED_CUSTOMERS}

@@ -25,6 +25,8 @@ from streambill.errors import InvalidEvent
 logger = logging.getLogger(__name__)
 
 _EVENT_CHANNELS: Final = ("alerts", "commissions")
+# Alerts about a suspected customer, which the customer itself must not see.
+INVESTIGATION_ALERTS: Final = frozenset({"fraud_suspected"})
 CLOSE_TRY_AGAIN_LATER: Final = 1013
 
 
@@ -377,6 +379,15 @@ class LiveHub:
         if type(customer_id) is not str or not _optional_str(reseller_id):
             raise InvalidEvent("alert lacks customer_id or has a reseller_id that is no string")
         targets = self._seeing_customer("alerts", customer_id, reseller_id)
+        if alert.get("kind") in INVESTIGATION_ALERTS:
+            # Never to the suspect (or a service key bound to it): the admins and the
+            # reseller, as the fraud-score reads.
+            targets = [
+                s
+                for s in targets
+                if s.principal.is_admin
+                or (s.principal.role == "reseller" and s.principal.tenant_kind == "reseller")
+            ]
         if targets:
             text = _encode({**alert, "type": "alert"})
             for subscriber in targets:
