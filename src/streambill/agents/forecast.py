@@ -54,7 +54,7 @@ def decode_entry(raw: bytes) -> tuple[Entry, str | None] | None:
             obj["customer_id"],
             int(obj["seq"]),
             obj["kind"],
-            to_micros(quantity, field="quantity") if quantity is not None else 0,
+            units_micros(quantity),
             int(obj["amount_micros"]),
             int(obj["balance_micros"]),
             obj["currency"],
@@ -63,6 +63,22 @@ def decode_entry(raw: bytes) -> tuple[Entry, str | None] | None:
         return entry, obj.get("reseller_id")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, InvalidEvent):
         return None
+
+
+def units_micros(quantity: object) -> int:
+    """A ledger quantity (a decimal string) in micro-units; the plain ``"12.5"`` shape without
+    a Decimal (a sixth of the agent's decoding), anything else through the money parser.
+
+    >>> units_micros("1.5"), units_micros("12"), units_micros("0.0000015"), units_micros(None)
+    (1500000, 12000000, 2, 0)
+    """
+    if quantity is None:
+        return 0
+    if type(quantity) is str:
+        whole, dot, fraction = quantity.partition(".")
+        if whole.isdigit() and (not dot or (fraction.isdigit() and len(fraction) <= 6)):
+            return int(whole) * 1_000_000 + (int(fraction.ljust(6, "0")) if dot else 0)
+    return to_micros(quantity, field="quantity")
 
 
 def forecast_row(view: Forecast, now: datetime) -> dict[str, Any]:

@@ -19,6 +19,9 @@ from streambill.api import mlreads
 from streambill.api.graphql_base import Context, Micros, call, ctx
 from streambill.api.schemas import ForecastPublic, FraudScorePublic
 
+# A fraud score or its threshold: a model output in [0, 1], never money.
+Score = float
+
 
 @strawberry.type
 class Forecast:
@@ -56,10 +59,10 @@ class FraudScore:
     source: str
     event_id: str
     kind: str
-    score: float
-    unsupervised: float
-    supervised: float | None
-    threshold: float
+    score: Score
+    unsupervised: Score
+    supervised: Score | None
+    threshold: Score
     suspected: bool
     occurred_at: datetime
     scored_at: datetime

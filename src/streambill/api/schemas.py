@@ -6,6 +6,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+# A fraud score or its threshold: a model output in [0, 1], never money.
+Score = float
+
 
 class BalancePublic(BaseModel):
     customer_id: str
@@ -72,10 +75,10 @@ class FraudScorePublic(BaseModel):
     source: str = Field(description="usage or payment")
     event_id: str
     kind: str
-    score: float
-    unsupervised: float
-    supervised: float | None
-    threshold: float
+    score: Score
+    unsupervised: Score
+    supervised: Score | None
+    threshold: Score
     suspected: bool
     occurred_at: datetime
     scored_at: datetime

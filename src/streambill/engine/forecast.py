@@ -44,7 +44,7 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final, NamedTuple
 
@@ -82,7 +82,7 @@ class Forecast(NamedTuple):
     at: datetime
 
 
-@dataclass(slots=True)
+@dataclass  # no slots: a plain __dict__ pickles in C, four times faster for a checkpoint
 class _Customer:
     currency: str
     model: DailyUsage = field(default_factory=DailyUsage)
@@ -95,17 +95,6 @@ class _Customer:
     units_micros: int = 0  # all usage so far, for the average price per unit
     spent_micros: int = 0
     alerted_day: date | None = None
-
-    # Checkpoints pickle one per customer; the generated slots state walks fields() each time.
-    def __getstate__(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _CUSTOMER_SLOTS)
-
-    def __setstate__(self, state: tuple[object, ...]) -> None:
-        for name, value in zip(_CUSTOMER_SLOTS, state, strict=True):
-            setattr(self, name, value)
-
-
-_CUSTOMER_SLOTS: Final = tuple(f.name for f in fields(_Customer))
 
 
 class ForecastBook:
@@ -153,17 +142,17 @@ class ForecastBook:
         depletion = None
         recommended = None
         if state.units_micros > 0 and any(units):
-            # micros per unit (a float: a projection, never booked)
-            price = state.spent_micros * 1_000_000 / state.units_micros
             start_of_today = datetime.combine(today, time(), tzinfo=UTC)
-            spend_today = max(units[0] - used_today, 0.0) * price
             rest_of_today_s = max((start_of_today - now).total_seconds() + DAY_S, 1.0)
-            segments = [(now, rest_of_today_s, spend_today)]
+            expected_today = max(units[0] - used_today, 0.0)
+            segments = [(now, rest_of_today_s, self._spend_micros(state, expected_today))]
             for n in range(1, HORIZON_DAYS):
                 begins = start_of_today + timedelta(days=n)
-                segments.append((begins, float(DAY_S), units[n] * price))
-            depletion = _depletion(state.balance_micros, segments, sum(units) * price)
-            week_micros = round(sum(s for _, _, s in segments))
+                segments.append((begins, DAY_S, self._spend_micros(state, units[n])))
+            week_micros = sum(spend for _, _, spend in segments)
+            depletion = _depletion(
+                state.balance_micros, segments, self._spend_micros(state, sum(units))
+            )
             short = week_micros - state.balance_micros
             if short > 0:
                 recommended = -(-short // TOPUP_STEP_MICROS) * TOPUP_STEP_MICROS
@@ -177,6 +166,12 @@ class ForecastBook:
             state.model.days,
             now,
         )
+
+    @staticmethod
+    def _spend_micros(state: _Customer, units: float) -> int:
+        """What ``units`` cost at the customer's average price so far, in integer micros (the
+        forecast units become micro-units first; the rest is integer arithmetic)."""
+        return round(units * 1_000_000) * state.spent_micros // state.units_micros
 
     def _daily_units(
         self, state: _Customer, now: datetime, today: date, used_today: float
@@ -219,22 +214,22 @@ class ForecastBook:
 
 
 def _depletion(
-    balance_micros: int, segments: list[tuple[datetime, float, float]], week_spend: float
+    balance_micros: int, segments: list[tuple[datetime, float, int]], week_micros: int
 ) -> datetime | None:
-    """When ``balance_micros`` is used up by ``segments`` (start, seconds, spend), spent
-    evenly within each; after them, at the mean pace of ``week_spend`` a week."""
-    left = float(balance_micros)
+    """When ``balance_micros`` is used up by ``segments`` (start, seconds, spend in micros),
+    spent evenly within each; after them, at the pace of ``week_micros`` a week."""
+    left = balance_micros
     if left <= 0:
         return segments[0][0]
     for begins, seconds, spend in segments:
         if spend >= left:
             return begins + timedelta(seconds=seconds * left / spend)
         left -= spend
-    if week_spend <= 0:
+    if week_micros <= 0:
         return None
     begins, seconds, _ = segments[-1]
     end = begins + timedelta(seconds=seconds)
-    days = left / (week_spend / HORIZON_DAYS)
+    days = left * HORIZON_DAYS / week_micros
     if days > MAX_DEPLETION_DAYS:
         return None
     return end + timedelta(days=days)
