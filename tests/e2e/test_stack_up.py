@@ -1,6 +1,7 @@
 """``streambill up`` for real: broker, worker and api started by the CLI, then SIGTERM.
 
-Needs the real ``streambill worker`` and ``streambill api`` (each answering /readyz).
+Needs the real ``streambill worker``, ``streambill ml`` and ``streambill api`` (each answering
+/readyz).
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ def test_up_starts_the_stack_and_sigterm_stops_every_child(tmp_path: Path) -> No
     env = stack_env(data_dir, workers=1, storage="durable")
     code, pids, output = run_up_until_ready(data_dir, env)
     assert code == 0, output
-    assert {"broker", "worker-0", "api"} <= set(pids)
+    assert {"broker", "worker-0", "ml", "api"} <= set(pids)
     # Every child finished its own shutdown: none died of the signal (the api did, -15).
     exits = dict(re.findall(r"stopped (\S+) pid=\d+ exit=(-?\d+)", output))
-    assert {"broker", "worker-0", "api"} <= set(exits), output
+    assert {"broker", "worker-0", "ml", "api"} <= set(exits), output
     assert {name: code for name, code in exits.items() if code != "0"} == {}, output
     assert [name for name, pid in pids.items() if pid_alive(pid)] == []
     assert [name for name, pid in pids.items() if process_group_members(pid)] == []

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 FAKE_CLI = r"""
 import http.server, json, os, signal, sys, threading, time
 role = sys.argv[1]
-if role == "worker":
+if role in ("worker", "ml"):
     host, port = "127.0.0.1", int(sys.argv[3])
 else:
     host, port = os.environ["STREAMBILL_API_HOST"], int(os.environ["STREAMBILL_API_PORT"])
@@ -92,7 +92,7 @@ def test_up_starts_in_order_and_stops_everything(tmp_path: Path) -> None:
     try:
         output.wait_for(READY_LINE, 60)
         pids = pids_in(data_dir / "run")
-        assert set(pids) == {"bucket", "broker", "worker-0", "worker-1", "api", "demo"}
+        assert set(pids) == {"bucket", "broker", "worker-0", "worker-1", "ml", "api", "demo"}
         key = (data_dir / "admin_api_key").read_text().strip()
         assert key.startswith("sb_admin_") and key in output.text()
         assert stat.S_IMODE((data_dir / "admin_api_key").stat().st_mode) == 0o600

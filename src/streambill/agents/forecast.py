@@ -34,7 +34,7 @@ from streambill.errors import InvalidEvent
 from streambill.streams import topics
 
 UPSERT_CHUNK = 2000
-FORECAST_EVERY_S = 1.0
+FORECAST_EVERY_S = 5.0
 
 
 def decode_entry(raw: bytes) -> tuple[Entry, str | None] | None:
@@ -154,8 +154,9 @@ class ForecastAgent(ModelAgent):
         now = time.monotonic()
         if not touched or now - self._forecast_at < FORECAST_EVERY_S:
             return []
-        # Forecast the customers whose balance moved, at most once a second each (a busy
-        # customer's hundreds of entries a second would otherwise each cost a forecast).
+        # Forecast the customers whose balance moved, at most once every FORECAST_EVERY_S
+        # each (a busy customer's hundreds of entries a second would otherwise each cost a
+        # forecast; a depletion days away is no less urgent five seconds later).
         self._forecast_at = now
         out: list[Message] = []
         created_at = self.clock().isoformat()

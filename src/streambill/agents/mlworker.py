@@ -34,6 +34,7 @@ from streambill.agents.fraud import FraudAgent
 from streambill.agents.modelstate import ModelAgent
 from streambill.agents.publisher import Publisher
 from streambill.control import db, leases
+from streambill.gctune import apply_gc_threshold
 from streambill.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -215,4 +216,7 @@ def run_ml(settings: Settings) -> int:
     if not settings.ml:
         log.info("online ML off (ML=0); nothing to run")
         return 0
+    # Several dicts per scored event against millions of long-lived objects (tree nodes,
+    # customers' features): the worker's young-generation threshold (gctune.py).
+    apply_gc_threshold(settings.gc_gen0_threshold)
     return asyncio.run(_main(settings))
