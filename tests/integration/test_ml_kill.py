@@ -47,7 +47,7 @@ CUTOFF = "0.90"
 
 
 def same_partition_ids(count: int) -> list[str]:
-    ids = []
+    ids: list[str] = []
     n = 0
     while len(ids) < count:
         candidate = f"cus_mlkill_{n}"

@@ -219,8 +219,8 @@ def test_the_agent_scores_with_the_resellers_threshold_and_queues_suspension() -
             Msg(topics.USAGE, orjson.dumps({"event_id": "u9", "customer_id": "c1"})),
         ]
     )
-    scores = [orjson.loads(m.value) for m in out if m.topic == topics.FRAUD]
-    alerts = [orjson.loads(m.value) for m in out if m.topic == topics.ALERTS]
+    scores = [orjson.loads(m.value or b"") for m in out if m.topic == topics.FRAUD]
+    alerts = [orjson.loads(m.value or b"") for m in out if m.topic == topics.ALERTS]
     assert [(s["customer_id"], s["reseller_id"], s["threshold"]) for s in scores] == [
         ("c1", "res_strict", 0.0),
         ("c2", "res_lax", 0.95),
@@ -230,7 +230,7 @@ def test_the_agent_scores_with_the_resellers_threshold_and_queues_suspension() -
     assert fraud.skipped == 2
     assert fraud._to_suspend == [("c1", alerts[0]["alert_id"])]
     for m in out:  # keyed by the customer, on its canonical partition
-        assert m.key == orjson.loads(m.value)["customer_id"].encode()
+        assert m.key == orjson.loads(m.value or b"")["customer_id"].encode()
         assert m.partition == partition_for(m.key, 4)
 
 
