@@ -89,5 +89,6 @@ def test_a_compose_client_accepts_the_file(tmp_path: Path) -> None:
         "postgres",
         "worker-1",
         "worker-2",
+        "ml",
         "api",
     }
