@@ -306,3 +306,41 @@ def test_one_walk_scores_and_learns_like_score_then_learn() -> None:
         expected = two.score_one(x)
         two.learn_one(x)
         assert one.score_learn_one(x) == expected
+
+
+class FailingPublisher:
+    async def publish(self, messages: list[Any]) -> None:
+        raise RuntimeError("broker gone")
+
+
+class CountingAgent(FraudAgent):
+    checkpoints_written = 0
+
+    async def prepare(self) -> None:
+        pass
+
+    async def checkpoint(self) -> None:
+        self.checkpoints_written += 1
+
+
+async def test_a_stop_between_a_batch_and_its_acknowledgement_does_not_checkpoint() -> None:
+    fraud = CountingAgent(
+        "127.0.0.1:1",
+        None,  # type: ignore[arg-type]
+        FailingPublisher(),  # type: ignore[arg-type]
+        partitions=4,
+        fetch_wait_ms=10,
+        checkpoint_ms=0,
+        default_cutoff="0.95",
+        auto_suspend=False,
+    )
+    fraud.book = fraud.new_book()
+    fraud.running = True
+    fraud._read = lambda: [usage("c1", 1)]  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        await fraud.step()  # the book learned the event; its score never reached the broker
+    await fraud.stop()
+    assert fraud.checkpoints_written == 0  # a restart re-reads the event from the last one
+    fraud.running = fraud._settled = True  # after a batch that was acknowledged...
+    await fraud.stop()
+    assert fraud.checkpoints_written == 1  # ...a stop keeps what was handled

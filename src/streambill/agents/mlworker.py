@@ -77,12 +77,13 @@ class MlProcess:
         self._lease_until = 0.0
         self.stopping = asyncio.Event()
 
+    def lease_valid(self) -> bool:
+        """Whether the lease is ours and unexpired (no other process can have taken over)."""
+        return self.lease_held and time.monotonic() < self._lease_until
+
     def holding(self) -> bool:
-        return (
-            self.lease_held
-            and time.monotonic() < self._lease_until
-            and not (self.stopping.is_set())
-        )
+        """Whether the agents may go on: the lease is valid and no stop was asked for."""
+        return self.lease_valid() and not self.stopping.is_set()
 
     async def _renew(self) -> bool:
         started = time.monotonic()
@@ -120,7 +121,9 @@ class MlProcess:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 for agent in self.agents:
-                    if self.holding() or self.stopping.is_set():
+                    # A final checkpoint only while the lease is still ours: after it expired,
+                    # a standby may be writing checkpoints of its own.
+                    if self.lease_valid():
                         try:
                             await agent.stop()
                         except Exception:

@@ -106,11 +106,8 @@ class _Customer:
         ids, packed, self.last_alert_s = state
         size = _PACK.size
         values = [packed[n : n + size] for n in range(0, len(packed), size)]
-        self.recent = (
-            deque(zip(ids.split("\x00"), values, strict=True), maxlen=RECENT)
-            if values
-            else (deque(maxlen=RECENT))
-        )
+        pairs = zip(ids.split("\x00"), values, strict=True) if values else ()
+        self.recent = deque(pairs, maxlen=RECENT)
 
 
 class FraudBook:
