@@ -13,6 +13,8 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
+	@# the dashboards' chart library from the npm registry (pages work without it, minus charts)
+	$(BIN)/python -m streambill.dashboards.vendor || echo "warning: dashboards without charts"
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(STAMP)

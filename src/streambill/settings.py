@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     bucket_port: int = 0
     admin_api_key: str | None = None
     demo: bool = False
+    # The demo's sign-in password for its dashboard users (`up` generates one per data dir);
+    # unset: the demo creates no users.
+    demo_password: str | None = Field(default=None, min_length=12, max_length=128)
     stripe_api_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
@@ -132,6 +135,11 @@ class Settings(BaseSettings):
     outbox_relay: bool = True
     # The session cookie's Secure flag: on wherever the api is served over https.
     session_cookie_secure: bool = False
+    # Dashboards. White-label hosts are ``<reseller slug>.<base domain>`` (or a reseller's
+    # custom domain); ``localhost`` works without DNS (browsers resolve *.localhost to the
+    # loopback). The language of a first visit (German or English; the visitor can switch).
+    dashboard_base_domain: str = Field(default="localhost", min_length=1, max_length=200)
+    dashboard_language: Literal["de", "en"] = "de"
     sink_flush_rows: int = Field(default=1000, ge=1)
     sink_flush_interval_s: float = Field(default=1.0, gt=0)
 
@@ -140,6 +148,7 @@ class Settings(BaseSettings):
         "clickhouse_url",
         "database_url",
         "admin_api_key",
+        "demo_password",
         "allowed_origins",
         "stripe_api_key",
         "stripe_api_base",

@@ -17,6 +17,7 @@ from streambill.analytics.client import AsyncClickHouse
 from streambill.analytics.sink import ClickHouseSink
 from streambill.api.ingest import UsageProducer
 from streambill.api.live import LiveFeed, LiveHub
+from streambill.api.origins import origin_allowed
 from streambill.api.ratelimit import RateLimiter
 from streambill.control.outbox import OutboxRelay
 from streambill.control.plane import ControlPlane
@@ -87,7 +88,8 @@ async def get_principal(request: Request, runtime: Runtime) -> Principal:
         raise Unauthorized("invalid, revoked or expired credential")
     if from_cookie and request.method not in _SAFE_METHODS:
         origin = request.headers.get("origin")
-        if origin is None or origin.rstrip("/") not in runtime.settings.origins:
+        host = request.headers.get("host")
+        if origin is None or not origin_allowed(origin, runtime.settings.origins, host):
             raise Forbidden("cookie-authenticated writes must come from an allowed origin")
     runtime.limiter.check(principal.credential_id)
     request.state.principal = principal

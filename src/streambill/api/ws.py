@@ -33,8 +33,10 @@ from typing import Any, Final
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from streambill.api.deps import SESSION_COOKIE
 from streambill.api.errors import error_body
 from streambill.api.live import CHANNELS, CLOSED, LiveHub, Subscriber, pump
+from streambill.api.origins import normalize_origin, origin_allowed
 from streambill.control.principal import Principal
 
 __all__ = ["StreamContext", "origin_allowed", "router"]
@@ -74,30 +76,15 @@ class StreamContext:
     def __post_init__(self) -> None:
         if min(self.revalidate_s, self.auth_timeout_s, self.close_grace_s) <= 0:
             raise ValueError("revalidate_s, auth_timeout_s and close_grace_s must be positive")
-        normalized = frozenset(_normalize_origin(origin) for origin in self.allowed_origins)
+        normalized = frozenset(normalize_origin(origin) for origin in self.allowed_origins)
         object.__setattr__(self, "allowed_origins", normalized)
-
-
-def _normalize_origin(origin: str) -> str:
-    return origin.strip().rstrip("/").lower()
-
-
-def origin_allowed(origin: str | None, allowed: frozenset[str]) -> bool:
-    """A missing Origin (not a browser) passes; a present one must be listed.
-
-    >>> allowed = frozenset({"https://app.example.com"})
-    >>> origin_allowed(None, allowed), origin_allowed("https://APP.example.com/", allowed)
-    (True, True)
-    >>> origin_allowed("https://evil.example", allowed), origin_allowed("null", allowed)
-    (False, False)
-    """
-    return origin is None or _normalize_origin(origin) in allowed
 
 
 @router.websocket("/v2/stream")
 async def stream(websocket: WebSocket) -> None:
     context: StreamContext = websocket.app.state.stream
-    if not origin_allowed(websocket.headers.get("origin"), context.allowed_origins):
+    headers = websocket.headers
+    if not origin_allowed(headers.get("origin"), context.allowed_origins, headers.get("host")):
         # Before accept: a cross-site page must not even learn whether a token works.
         CLOSED.labels("origin").inc()
         await websocket.close(code=CLOSE_POLICY, reason="origin not allowed")
@@ -144,6 +131,10 @@ async def _authenticate(
     if text is None:
         return None
     token = _token_of(text, context.max_request_chars)
+    if token is None and _wants_session_cookie(text):
+        # A dashboard page cannot read its HttpOnly cookie; the handshake carried it, and the
+        # Origin check above made sure the page is this api's own.
+        token = websocket.cookies.get(SESSION_COOKIE)
     principal = None
     if token is not None:
         try:
@@ -168,6 +159,21 @@ def _token_of(text: str, max_chars: int) -> str | None:
         return None
     token = request.get("token") if isinstance(request, dict) else None
     return token if isinstance(token, str) and token else None
+
+
+def _wants_session_cookie(text: str) -> bool:
+    """``{"session": "cookie"}``: authenticate with the handshake's session cookie.
+
+    >>> _wants_session_cookie('{"session": "cookie"}'), _wants_session_cookie('{"token": 1}')
+    (True, False)
+    """
+    if len(text) > 64:
+        return False
+    try:
+        request = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(request, dict) and request.get("session") == "cookie"
 
 
 async def _serve(

@@ -8,6 +8,7 @@ admins). The secret of a key or session is returned once and stored only as a di
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
@@ -212,8 +213,16 @@ async def list_users(
     return await page_by_id(cp, query, User.id, limit, cursor, user_public)
 
 
-async def login(cp: ControlPlane, email: str, password: str) -> LoginResponse:
-    """A new session for a valid e-mail and password; the same error for every failure."""
+async def login(
+    cp: ControlPlane,
+    email: str,
+    password: str,
+    admit: Callable[[User, Tenant | None], None] | None = None,
+) -> LoginResponse:
+    """A new session for a valid e-mail and password; the same error for every failure.
+
+    ``admit`` (the dashboards: is this account one of this portal's?) runs only after the
+    password is verified and raises to refuse; no session is created then."""
     async with cp.sessions() as session:
         user = await session.scalar(select(User).where(User.email == email.strip().lower()))
         tenant = await session.get(Tenant, user.tenant_id) if user and user.tenant_id else None
@@ -225,6 +234,8 @@ async def login(cp: ControlPlane, email: str, password: str) -> LoginResponse:
         or (tenant is not None and tenant.status == "closed")
     ):
         raise Unauthorized("e-mail or password is wrong")
+    if admit is not None:
+        admit(user, tenant)
     token = new_session_token()
     now = cp.clock()
     expires_at: datetime = now + SESSION_LIFETIME

@@ -30,16 +30,22 @@ async def login(
     client = request.client.host if request.client else "-"
     runtime.login_limiter.check(f"{client}|{body.email.strip().lower()}")
     result = await identity.login(runtime.control, body.email, body.password)
+    set_session_cookie(response, result.token, secure=runtime.settings.session_cookie_secure)
+    return result
+
+
+def set_session_cookie(response: Response, token: str, *, secure: bool) -> None:
+    """The session token as the pages' cookie: HttpOnly (no script reads it), SameSite=Strict
+    (no other site's page sends it), host-only (each white-label host has its own)."""
     response.set_cookie(
         SESSION_COOKIE,
-        result.token,
+        token,
         max_age=int(SESSION_LIFETIME.total_seconds()),
         httponly=True,
         samesite="strict",
-        secure=runtime.settings.session_cookie_secure,
+        secure=secure,
         path="/",
     )
-    return result
 
 
 @router.post("/logout", status_code=204)

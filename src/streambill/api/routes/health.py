@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/")
-async def index() -> dict[str, str]:
-    """Where to go from here."""
+@router.get("/", response_model=None)
+async def index(request: Request) -> dict[str, str] | Response:
+    """Where to go from here: a browser goes to the customer portal (its sign-in page when
+    signed out); an API client gets the links below."""
+    if "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/portal", status_code=303)
     return {
         "name": "streambill",
         "docs": "/docs",
