@@ -18,6 +18,7 @@ from typing import Any, Final
 import httpx
 from tqdm import tqdm
 
+from streambill import demo_logins
 from streambill.errors import StreambillError
 from streambill.loadgen.kafka import Sender
 from streambill.loadgen.population import (
@@ -55,6 +56,35 @@ def tenant_requests(population: Population) -> list[tuple[str, dict[str, Any]]]:
     return requests
 
 
+def register_logins(settings: Settings, population: Population) -> int:
+    """Brand the demo resellers and create the dashboard users (kept when they exist).
+    Returns how many users were created; nothing without ``STREAMBILL_DEMO_PASSWORD``."""
+    if not settings.demo_password:
+        log.info("demo: no STREAMBILL_DEMO_PASSWORD; no dashboard users created")
+        return 0
+    created = 0
+    with _admin_client(settings) as client:
+        for path, body in demo_logins.branding_requests(population):
+            response = client.patch(path, json=body)
+            if response.status_code != 200:
+                raise StreambillError(f"the api refused {path}: {response.text[:300]}")
+        for body in demo_logins.user_requests(population, settings.demo_password):
+            response = client.post("/v2/users", json=body)
+            if response.status_code == 201:
+                created += 1
+            elif response.status_code != 409:
+                raise StreambillError(f"the api refused a user: {response.text[:300]}")
+    return created
+
+
+def _admin_client(settings: Settings) -> httpx.Client:
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
+    headers = {"Authorization": f"Bearer {settings.admin_api_key}"}
+    return httpx.Client(
+        base_url=f"http://{host}:{settings.api_port}", headers=headers, timeout=30, trust_env=False
+    )
+
+
 def setup_messages(population: Population, now: datetime) -> list[Message]:
     """The initial top-ups (the accounts come from the control plane)."""
     return [Message(PAYMENTS, c.account_id, initial_topup(c, now)) for c in population.customers]
@@ -63,13 +93,9 @@ def setup_messages(population: Population, now: datetime) -> list[Message]:
 def register_tenants(settings: Settings, requests: list[tuple[str, dict[str, Any]]]) -> int:
     """Create the tenants through the api with the admin key; those that exist are kept.
     Returns how many were created; raises :class:`StreambillError` when the api refuses."""
-    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
-    headers = {"Authorization": f"Bearer {settings.admin_api_key}"}
     created = 0
     deadline = time.monotonic() + API_WAIT_S
-    with httpx.Client(
-        base_url=f"http://{host}:{settings.api_port}", headers=headers, timeout=30, trust_env=False
-    ) as client:
+    with _admin_client(settings) as client:
         for path, body in requests:
             while True:
                 try:
@@ -140,15 +166,17 @@ def run_demo(settings: Settings, *, customers: int, rate: float, events: int, se
     with stop_on_signals(stop):
         try:
             created = register_tenants(settings, tenant_requests(population))
+            users = register_logins(settings, population)
         except StreambillError as exc:
             log.error("demo: creating the tenants failed: %s", exc.message)
             return 1
         _send_all(sender, setup_messages(population, started))
         log.info(
-            "demo: %d customers, %d resellers (%d new) on %s",
+            "demo: %d customers, %d resellers (%d new), %d new dashboard users on %s",
             len(population.customers),
             len(population.resellers),
             created,
+            users,
             settings.bootstrap,
         )
         model = TrafficModel(population, seed=seed, session=session_id(started))

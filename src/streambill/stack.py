@@ -31,6 +31,7 @@ from pathlib import Path
 
 import httpx
 
+from streambill import demo_logins
 from streambill.broker import persist
 from streambill.broker.admin import ensure_topics
 from streambill.broker.embedded import EmbeddedBroker
@@ -48,6 +49,7 @@ STOP_TIMEOUT_S = 30.0
 TOPICS_TIMEOUT_S = 60.0
 MONITOR_INTERVAL_S = 0.5
 ADMIN_KEY_FILE = "admin_api_key"
+DEMO_PASSWORD_FILE = "demo_password"
 ADMIN_KEY_PREFIX = "sb_admin_"
 DEMO_ARGS = ("--customers", "50", "--rate", "20")
 BROKER_SNAPSHOT = "broker-snapshot"
@@ -152,10 +154,14 @@ def _run(stack: _Stack, workers: int, stop: StopRequest) -> int:
         child.start()
     if not _wait_ready(targets, stop, time.monotonic() + READY_TIMEOUT_S):
         return 0
+    password = None
     if settings.demo:
-        stack.demo = stack.child("demo", ["demo", *DEMO_ARGS], env)
+        password = resolve_demo_password(settings, stack.data_dir)
+        stack.demo = stack.child(
+            "demo", ["demo", *DEMO_ARGS], {**env, "STREAMBILL_DEMO_PASSWORD": password}
+        )
         stack.demo.start()
-    _print_banner(stack, bootstrap, admin_key)
+    _print_banner(stack, bootstrap, admin_key, password)
     return _supervise(stack, stop)
 
 
@@ -164,21 +170,31 @@ def resolve_admin_key(settings: Settings, data_dir: Path) -> str:
     written there with mode 0600."""
     if settings.admin_api_key:
         return settings.admin_api_key
-    path = data_dir / ADMIN_KEY_FILE
+    return _kept_secret(data_dir / ADMIN_KEY_FILE, ADMIN_KEY_PREFIX + secrets.token_urlsafe(32))
+
+
+def resolve_demo_password(settings: Settings, data_dir: Path) -> str:
+    """The demo users' password: from settings, else ``<data_dir>/demo_password``, else a new
+    one kept there (mode 0600), so a restart signs in with the same one."""
+    if settings.demo_password:
+        return settings.demo_password
+    return _kept_secret(data_dir / DEMO_PASSWORD_FILE, secrets.token_urlsafe(12))
+
+
+def _kept_secret(path: Path, new_value: str) -> str:
     if path.exists():
-        key = path.read_text().strip()
-        if key:
-            return key
-    key = ADMIN_KEY_PREFIX + secrets.token_urlsafe(32)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{ADMIN_KEY_FILE}.tmp")
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
-        file.write(key + "\n")
+        file.write(new_value + "\n")
         file.flush()
         os.fsync(file.fileno())
-    os.replace(tmp, path)  # never a half-written key file
-    return key
+    os.replace(tmp, path)  # never a half-written file
+    return new_value
 
 
 def child_env(settings: Settings, data_dir: Path, bootstrap: str, admin_key: str) -> dict[str, str]:
@@ -365,13 +381,31 @@ def _forget_stale_pids(run_dir: Path) -> None:
         pid_file.unlink(missing_ok=True)
 
 
-def _print_banner(stack: _Stack, bootstrap: str, admin_key: str) -> None:
+def _dashboard_rows(settings: Settings, password: str | None) -> list[tuple[str, str]]:
+    """The dashboards' addresses; with the demo, its sign-ins on white-label hosts."""
+    port = settings.api_port
+    if password is None:
+        return [
+            (f"{area}", f"{settings.api_url}/{area}") for area in ("portal", "reseller", "admin")
+        ]
+    rows = []
+    for login in demo_logins.banner_logins():
+        host = f"{login.slug}.{settings.dashboard_base_domain}" if login.slug else "127.0.0.1"
+        rows.append((login.area, f"http://{host}:{port}/{login.area}  ({login.email})"))
+    rows.append(("password", f"{password}  (every demo sign-in)"))
+    return rows
+
+
+def _print_banner(
+    stack: _Stack, bootstrap: str, admin_key: str, password: str | None = None
+) -> None:
     settings = stack.settings
     url = settings.api_url
     kafka = "external" if stack.broker is None else f"embedded, {stack.broker.storage}"
     rows = [
         ("api", url),
         ("api docs", f"{url}/docs"),
+        *_dashboard_rows(settings, password),
         ("metrics", f"{url}/metrics"),
     ]
     for index in range(len(stack.workers)):
