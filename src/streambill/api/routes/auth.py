@@ -26,7 +26,7 @@ async def login(
     body: LoginRequest, request: Request, response: Response, runtime: Runtime
 ) -> LoginResponse:
     """Exchange e-mail and password for a session (12 h). The token is in the body for API
-    clients and in the ``streambill_session`` cookie (HttpOnly, SameSite=Strict) for pages."""
+    clients and in the ``streambill_session`` cookie (HttpOnly, SameSite=Lax) for pages."""
     client = request.client.host if request.client else "-"
     runtime.login_limiter.check(f"{client}|{body.email.strip().lower()}")
     result = await identity.login(runtime.control, body.email, body.password)
@@ -35,14 +35,16 @@ async def login(
 
 
 def set_session_cookie(response: Response, token: str, *, secure: bool) -> None:
-    """The session token as the pages' cookie: HttpOnly (no script reads it), SameSite=Strict
-    (no other site's page sends it), host-only (each white-label host has its own)."""
+    """The session token as the pages' cookie: HttpOnly (no script reads it), host-only (each
+    white-label host has its own), SameSite=Lax: sent on a top-level navigation from another
+    site, so a customer coming back from Stripe Checkout is still signed in; never on another
+    site's fetch, form post or frame. Writes are guarded by the Origin check besides."""
     response.set_cookie(
         SESSION_COOKIE,
         token,
         max_age=int(SESSION_LIFETIME.total_seconds()),
         httponly=True,
-        samesite="strict",
+        samesite="lax",
         secure=secure,
         path="/",
     )
