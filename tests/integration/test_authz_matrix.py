@@ -53,6 +53,8 @@ PARAM_OBJECTS = {
     "run_id": ("payout_run",),
     # The world holds no commission entries, so no payout: only the ghost case runs.
     "payout_id": (),
+    # Nor dead letters (no worker runs): only the ghost case runs.
+    "letter_id": (),
 }
 # Path parameters that are not objects: one value that exists for every reseller.
 FIXED_PARAMS = {"month": "2026-10"}
@@ -76,6 +78,8 @@ GET_ANSWERS = {
         "service_a": 403,
         "*": 200,
     },
+    # the world's ledger is empty, so no month has a statement
+    "/v2/customers/{customer_id}/statements/{month}": {"*": 404},
 }
 # Writes whose exact success status is checked for the principals allowed to do them.
 WRITE_SUCCESS = {("POST", "/v2/customers/{customer_id}/fraud-labels"): 201}
@@ -101,6 +105,7 @@ def _body(method: str, path: str) -> Any:
         ("POST", "/v2/payouts/{payout_id}/paid"): None,
         ("POST", "/v2/payouts/{payout_id}/failed"): {"reason": "matrix"},
         ("POST", "/v2/customers/{customer_id}/fraud-labels"): {"fraud": True, "note": "matrix"},
+        ("POST", "/v2/admin/deadletters/{letter_id}/replay"): None,
     }
     return bodies[(method, path)]
 
@@ -112,7 +117,13 @@ LISTS = {
     "/v2/api-keys": "key_",
     "/v2/users": "user_",
 }
-ADMIN_ONLY = {"/v2/admin/ledger/invariants", "/v2/admin/audit", "/v2/admin/commissions/check"}
+ADMIN_ONLY = {
+    "/v2/admin/ledger/invariants",
+    "/v2/admin/audit",
+    "/v2/admin/commissions/check",
+    "/v2/admin/kpis",
+    "/v2/admin/deadletters",
+}
 # Admin-only operations with a body: (body, raw content type or None, the admin's status).
 ADMIN_WRITES: dict[tuple[str, str], tuple[Any, str | None, int]] = {
     ("PUT", "/v2/exchange-rates"): (

@@ -32,8 +32,10 @@ from streambill.api.routes import (
     auth,
     commissions,
     customers,
+    deadletters,
     fraud,
     health,
+    insights,
     payouts,
     resellers,
     stripe,
@@ -46,6 +48,7 @@ from streambill.control import db
 from streambill.control.access import Authenticator
 from streambill.control.outbox import OutboxRelay
 from streambill.control.plane import ControlPlane
+from streambill.dashboards import pages as dashboards
 from streambill.payments.gateway import StripeConfig, StripeGateway
 from streambill.payments.reconcile import Reconciler
 from streambill.settings import Settings
@@ -160,9 +163,12 @@ def create_app(settings: Settings) -> FastAPI:
         stripe,
         admin,
         payouts,
+        insights,
+        deadletters,
     )
     for module in routers:
         app.include_router(module.router)
     app.include_router(graphql_router())
     app.include_router(ws.router)
+    dashboards.mount(app)
     return app

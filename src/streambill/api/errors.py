@@ -47,6 +47,10 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "month_not_closable": 409,
     "sepa_not_configured": 409,
     "payout_run_in_progress": 409,
+    "range_too_large": 422,
+    "not_replayable": 409,
+    "already_replayed": 409,
+    "wrong_portal": 403,
 }
 _HTTP_CODES: Final[dict[int, str]] = {
     401: "unauthorized",

@@ -477,3 +477,19 @@ class FraudLabel(Base):
     note: Mapped[str | None] = mapped_column(String(500))
     created_by: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime]
+
+
+class DeadletterReplay(Base):
+    """A dead letter the admin re-produced onto its original topic (``POST
+    /v2/admin/deadletters/{id}/replay``): one row per letter, the latest replay's time and
+    actor, and how many times it was replayed (a second replay needs ``force``)."""
+
+    __tablename__ = "deadletter_replays"
+
+    id: Mapped[str] = mapped_column(String(400), primary_key=True)  # the letter's public id
+    topic: Mapped[str] = mapped_column(String(255))
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    replays: Mapped[int] = mapped_column(Integer, default=1)
+    replayed_at: Mapped[datetime]
+    replayed_by: Mapped[str] = mapped_column(String(256))
