@@ -18,7 +18,7 @@ from typing import Final
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from streambill.control.models import DeadletterReplay
+from streambill.control.models import DeadletterReplay, User
 from streambill.control.plane import ControlPlane, audit
 from streambill.control.principal import Principal
 from streambill.errors import InvariantViolation
@@ -77,6 +77,9 @@ async def record_replay(
         try:
             async with cp.sessions.begin() as session:
                 row = await session.get(DeadletterReplay, letter_id, with_for_update=True)
+                # a person by e-mail (a session), a key by its label
+                user = await session.get(User, p.user_id) if p.user_id else None
+                actor = user.email if user is not None else p.label()
                 if row is None:
                     row = DeadletterReplay(
                         id=letter_id,
@@ -85,13 +88,13 @@ async def record_replay(
                         offset=offset,
                         replays=1,
                         replayed_at=now,
-                        replayed_by=p.label(),
+                        replayed_by=actor,
                     )
                     session.add(row)
                 else:
                     row.replays += 1
                     row.replayed_at = now
-                    row.replayed_by = p.label()
+                    row.replayed_by = actor
                 await session.flush()
                 details: dict[str, object] = {
                     "topic": topic,

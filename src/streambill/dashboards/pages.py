@@ -213,6 +213,7 @@ def _page_route(area: str) -> None:
             "area": area,
             "brand": _brand_doc(brand),
             "messages": messages(area, lang),
+            "base_domain": runtime.settings.dashboard_base_domain,
             "me": {
                 "role": principal.role,
                 "user_id": user.id,
