@@ -140,6 +140,9 @@ SELF = {"/v2/auth/me"}
 # Reads of a reseller's customers' data, scoped by an optional reseller_id filter: the admin
 # (all, or any reseller), a reseller (itself; another's id: 404); anyone else 403.
 RESELLER_SCOPED = {"/v2/fraud/suspected"}
+# Reads everyone may make within its scope, narrowed by optional customer_id / reseller_id
+# filters: a filter naming something outside the scope answers 404.
+SCOPE_FILTERED = {"/v2/alerts"}
 # No bearer key: public, or authenticated otherwise (Stripe's signature; test_stripe_webhook).
 PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/v2/auth/login", "/v2/stripe/webhook"}
 REFERENCING = {  # creates that name another object in their body
@@ -339,6 +342,33 @@ def _check_reseller_scoped(api: Api, world: World, tally: Tally, path: str) -> N
             tally.expect(not _leaks(world, principal, r.text), f"leak: {what}")
 
 
+def _check_scope_filtered(api: Api, world: World, tally: Tally, path: str) -> None:
+    filters: list[tuple[str, str] | None] = [None, ("customer_id", "ghost")]
+    filters += [("customer_id", c) for c in ("cus_a", "cus_b", "cus_d")]
+    filters += [("reseller_id", r) for r in ("res_a", "res_b")]
+    for principal in PRINCIPALS:
+        for chosen in filters:
+            params = {} if chosen is None else {chosen[0]: world.objects.get(chosen[1], GHOST)}
+            r = api.call("GET", path, token(world, principal), params=params)
+            what = f"{principal} GET {path} {params}: {r.status_code} {r.text[:160]}"
+            if principal in ("none", "revoked"):
+                expected = 401
+            elif chosen is None:
+                expected = 200
+            elif chosen[1] == "ghost":
+                # the admin sees every customer id, also one only the ledger knows
+                expected = 200 if principal == "admin" else 404
+            elif chosen[0] == "customer_id":
+                expected = 200 if may_see(principal, chosen[1]) else 404
+            elif principal == "admin":
+                expected = 200
+            else:  # a reseller filter: a reseller's own only
+                own = PRINCIPAL_TENANTS.get(principal, ("", ""))
+                expected = 200 if own == (chosen[1], "reseller") else 404
+            tally.expect(r.status_code == expected, what)
+            tally.expect(not _leaks(world, principal, r.text), f"leak: {what}")
+
+
 def _check_admin_only(api: Api, world: World, tally: Tally, method: str, path: str) -> None:
     for principal in PRINCIPALS:
         r = api.call(method, path, token(world, principal))
@@ -448,6 +478,8 @@ def test_every_route_and_field_keeps_to_the_scope(world: tuple[Api, World]) -> N
             _check_admin_only(api, w, tally, method, path)
         elif method == "GET" and path in RESELLER_SCOPED:
             _check_reseller_scoped(api, w, tally, path)
+        elif method == "GET" and path in SCOPE_FILTERED:
+            _check_scope_filtered(api, w, tally, path)
         elif method == "POST" and path in REFERENCING:
             _check_references(api, w, tally, path)
         elif method == "POST" and path in CREATE_ONLY_ADMIN:

@@ -28,6 +28,7 @@ from streambill.api.live import LiveFeed, LiveHub
 from streambill.api.ratelimit import RateLimiter
 from streambill.api.routes import (
     admin,
+    alerts,
     api_keys,
     auth,
     commissions,
@@ -165,6 +166,7 @@ def create_app(settings: Settings) -> FastAPI:
         payouts,
         insights,
         deadletters,
+        alerts,
     )
     for module in routers:
         app.include_router(module.router)
