@@ -22,8 +22,9 @@
     }
   }
 
-  async function api(method, path, body) {
-    const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  // headers: extra request headers, e.g. {"Idempotency-Key": ...} for money-moving writes.
+  async function api(method, path, body, headers) {
+    const init = { method, credentials: "same-origin", headers: Object.assign({ Accept: "application/json" }, headers || {}) };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
