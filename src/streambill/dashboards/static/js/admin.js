@@ -529,6 +529,23 @@
     while (list.children.length > ALERTS_MAX) list.lastElementChild.remove();
   }
 
+  // The history first (newest last into the list, so the newest ends on top); live ones are
+  // prepended as they come. An alert both in the history and live is shown once.
+  const shownAlerts = new Set();
+  async function loadAlerts() {
+    try {
+      const doc = await api("GET", "/v2/alerts?limit=" + ALERTS_MAX);
+      for (const alert of doc.alerts.slice().reverse()) addAlertOnce(alert);
+    } catch (error) {
+      window.SB.showError(error);
+    }
+  }
+  function addAlertOnce(message) {
+    if (shownAlerts.has(message.alert_id)) return;
+    shownAlerts.add(message.alert_id);
+    addAlert(message);
+  }
+
   // ---- wiring -------------------------------------------------------------------------------
   $("resellers-prev").addEventListener("click", () => { if (resellers.cursors.length > 1) { resellers.cursors.pop(); resellers.load(); } });
   $("resellers-next").addEventListener("click", () => { if (resellers.next) { resellers.cursors.push(resellers.next); resellers.load(); } });
@@ -555,10 +572,11 @@
   loadHealth();
   resellers.load();
   letters.load(false);
+  loadAlerts();
   setInterval(loadKpis, KPI_REFRESH_MS);
   setInterval(loadHealth, HEALTH_REFRESH_MS);
   window.SB.live(["balances", "alerts"], {
     balance() { rate.record(0); kpisSoon(); },
-    alert(message) { rate.record(1); addAlert(message); kpisSoon(); },
+    alert(message) { rate.record(1); addAlertOnce(message); kpisSoon(); },
   });
 })();
