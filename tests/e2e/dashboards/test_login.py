@@ -85,5 +85,5 @@ def test_german_is_the_default_and_english_is_a_click_away(world: World, page: P
     expect(page.locator("h1")).to_have_text("Partner-Dashboard")
     page.goto(f"{world.base_url}/reseller/login")  # the cookie remembers the choice
     expect(page.locator("h1")).to_have_text("Partner-Dashboard")
-    page.get_by_role("link", name="EN").click()
+    page.get_by_role("link", name="EN", exact=True).click()
     expect(page.locator("h1")).to_have_text("Partner dashboard")

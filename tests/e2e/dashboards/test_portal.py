@@ -166,7 +166,7 @@ def test_a_top_up_without_stripe_says_why(world: World, page: Page, shot: Shot) 
     page.fill("#topup-amount", "twenty")
     page.click("#topup-submit")
     expect(error).to_have_text("Please enter an amount such as 25 or 25.50.")
-    page.get_by_role("button", name="€50.00").click()
+    page.get_by_role("button", name="€50", exact=True).click()
     expect(page.locator("#topup-amount")).to_have_value("50.00")
     page.click("#topup-submit")
     # the test stack has no Stripe: the API's message and code, not a silent failure

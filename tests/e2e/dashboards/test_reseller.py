@@ -235,9 +235,9 @@ def test_german_overview_and_phone_width(
     shot(page, "reseller-overview-de")
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "reseller-phone")
-    # one column: nothing sticks out sideways (wide tables scroll inside their card)
+    # one column: nothing sticks out sideways (wide tables and the tabs scroll in their box)
     wider = page.evaluate(
-        "[...document.querySelectorAll('body *')].filter(n => !n.closest('.table-wrap') &&"
+        "[...document.querySelectorAll('body *')].filter(n => !n.closest('.table-wrap, .tabs') &&"
         " n.getBoundingClientRect().right > window.innerWidth + 1).map(n => n.tagName + '#' +"
         " n.id + '.' + n.className)"
     )

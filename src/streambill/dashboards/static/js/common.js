@@ -55,14 +55,16 @@
   }
 
   const moneyFormats = new Map();
+  // digits: decimals shown (default 2; 0 for round figures such as quick-pick amounts).
   function money(micros, currency, digits) {
     if (micros === null || micros === undefined) return "–";
-    const key = currency + "|" + (digits || 2);
+    const places = digits === undefined ? 2 : digits;
+    const key = currency + "|" + places;
     let format = moneyFormats.get(key);
     if (!format) {
       format = new Intl.NumberFormat(locale, {
-        style: "currency", currency, minimumFractionDigits: digits || 2,
-        maximumFractionDigits: digits || 2, roundingMode: "halfEven",
+        style: "currency", currency, minimumFractionDigits: places,
+        maximumFractionDigits: places, roundingMode: "halfEven",
       });
       moneyFormats.set(key, format);
     }

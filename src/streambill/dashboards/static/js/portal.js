@@ -206,7 +206,7 @@
     const amount = $("topup-amount");
     const error = $("topup-error");
     for (const button of form.querySelectorAll(".quick")) {
-      button.textContent = money(BigInt(button.dataset.amount) * 1000000n, state.currency);
+      button.textContent = money(BigInt(button.dataset.amount) * 1000000n, state.currency, 0);
       button.addEventListener("click", () => {
         amount.value = localAmount(button.dataset.amount);
         hideFormError(error);
@@ -226,13 +226,21 @@
       const submit = $("topup-submit");
       submit.disabled = true;
       const back = window.location.origin + "/portal";
+      // One Idempotency-Key per top-up: resubmitting the same one after an unclear failure
+      // reuses it, so the api starts one payment, not two.
+      const attempt = text + "|" + $("topup-save").checked;
+      if (!state.topupKey || state.topupAttempt !== attempt) {
+        state.topupKey = "dash-" + Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+        state.topupAttempt = attempt;
+      }
       try {
         const answer = await api("POST", base + "/topups", {
           amount: text,
           save_payment_method: $("topup-save").checked,
           success_url: back + "?checkout=success#topup",
           cancel_url: back + "?checkout=cancel#topup",
-        });
+        }, { "Idempotency-Key": state.topupKey });
+        state.topupKey = null;
         if (answer.checkout_url) {
           submit.textContent = t("topup_redirecting");
           window.location.assign(answer.checkout_url);
@@ -638,8 +646,21 @@
     usageTimer = setTimeout(() => { usageTimer = null; loadUsage(); loadForecast(); }, 5000);
   }
 
-  function onAlert(alert) {
-    if (alert.customer_id !== customerId) return;
+  const shownAlerts = new Set();
+  // The latest alerts first (oldest prepended first, so the newest ends on top; no toasts),
+  // then live ones as they come; each once.
+  async function loadAlerts() {
+    try {
+      const doc = await api("GET", "/v2/alerts?limit=8&customer_id=" + encodeURIComponent(customerId));
+      for (const alert of doc.alerts.slice().reverse()) onAlert(alert, true);
+    } catch (e) {
+      SB.showError(e);
+    }
+  }
+
+  function onAlert(alert, quiet) {
+    if (alert.customer_id !== customerId || shownAlerts.has(alert.alert_id)) return;
+    shownAlerts.add(alert.alert_id);
     const list = $("alert-list");
     const empty = $("alerts-empty");
     if (empty) empty.remove();
@@ -653,7 +674,7 @@
       el("time", { class: "muted small", datetime: alert.created_at, text: " " + SB.dateTime(alert.created_at) }),
       detail ? el("div", { class: "small", text: detail }) : null));
     while (list.children.length > 8) list.lastElementChild.remove();
-    SB.toast(title + (detail ? " – " + detail : ""), level === "bad" ? "error" : level === "ok" ? "ok" : undefined);
+    if (quiet !== true) SB.toast(title + (detail ? " – " + detail : ""), level === "bad" ? "error" : level === "ok" ? "ok" : undefined);
   }
 
   function startLive() {
@@ -667,7 +688,7 @@
           usageSoon();
         }
       },
-      alert: onAlert,
+      alert(m) { onAlert(m, false); },
     });
   }
 
@@ -690,10 +711,11 @@
   notice();
   loadCustomer().then(() => {
     for (const button of document.querySelectorAll("#topup-form .quick")) {
-      button.textContent = money(BigInt(button.dataset.amount) * 1000000n, state.currency);
+      button.textContent = money(BigInt(button.dataset.amount) * 1000000n, state.currency, 0);
     }
   });
   loadBalance();
+  loadAlerts();
   startLive();
   loadTopups();
   loadHistory();
