@@ -261,6 +261,14 @@
     state.entryIds = new Set(state.entries.map((e) => e.entry_id));
   }
 
+  // Today's entries by time only (the card is narrow); older ones by date and time.
+  const timeOnly = new Intl.DateTimeFormat(SB.locale, Object.assign({ timeStyle: "medium" }, me.timezone ? { timeZone: me.timezone } : {}));
+  const dayOnly = new Intl.DateTimeFormat(SB.locale, Object.assign({ dateStyle: "short" }, me.timezone ? { timeZone: me.timezone } : {}));
+  function shortTime(iso) {
+    const at = new Date(iso);
+    return dayOnly.format(at) === dayOnly.format(new Date()) ? timeOnly.format(at) : SB.dateTime(iso);
+  }
+
   function renderEntries(flashIds) {
     const tbody = $("entries-table").querySelector("tbody");
     renderLast();
@@ -274,7 +282,7 @@
         const row = el(
           "tr",
           { "data-entry": entry.entry_id },
-          el("td", { text: SB.dateTime(entry.occurred_at, true) }),
+          el("td", { text: shortTime(entry.occurred_at), title: SB.dateTime(entry.occurred_at, true) }),
           el("td", { class: "wrap", text: entry.customer_id ? customerName(entry.customer_id) : "–" }),
           el("td", {}, el("span", { class: "badge kind-" + entry.kind, text: label("kind_", entry.kind) })),
           el("td", { class: "num", text: entry.base_delta_micros ? money(entry.base_delta_micros, entry.currency) : "–" }),
