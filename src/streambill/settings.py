@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     # custom domain); ``localhost`` works without DNS (browsers resolve *.localhost to the
     # loopback). The language of a first visit (German or English; the visitor can switch).
     dashboard_base_domain: str = Field(default="localhost", min_length=1, max_length=200)
+    # The operator's own host names (comma-separated, e.g. "app.example.com"): always the
+    # platform's brand, whatever slug or custom domain a reseller holds.
+    dashboard_platform_hosts: str | None = None
     dashboard_language: Literal["de", "en"] = "de"
     sink_flush_rows: int = Field(default=1000, ge=1)
     sink_flush_interval_s: float = Field(default=1.0, gt=0)
@@ -149,6 +152,7 @@ class Settings(BaseSettings):
         "database_url",
         "admin_api_key",
         "demo_password",
+        "dashboard_platform_hosts",
         "allowed_origins",
         "stripe_api_key",
         "stripe_api_base",
@@ -218,7 +222,7 @@ class Settings(BaseSettings):
         """Browser origins the api trusts (WebSocket handshakes, cookie-authenticated writes)."""
         if self.allowed_origins:
             return frozenset(
-                o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
+                o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip()
             )
         port = self.api_port
         return frozenset(

@@ -51,6 +51,19 @@ def month_entries(
     return [_commission_row(r) for r in rows]
 
 
+def latest_entries(client: Client, reseller_id: str, month: str, limit: int) -> list[CommissionRow]:
+    """The month's newest ``limit`` entries (highest ``position`` first), each id once: what a
+    dashboard shows without paging through the whole month."""
+    limit = max(1, min(limit, ENTRIES_LIMIT_MAX))
+    rows = client.query(
+        f"SELECT {_COLUMNS} FROM commissions"
+        " WHERE reseller_id = {r:String} AND month = {m:String}"
+        " ORDER BY position DESC, entry_id LIMIT 1 BY entry_id LIMIT {limit:UInt32}",
+        parameters={"r": reseller_id, "m": month, "limit": limit},
+    ).result_rows
+    return [_commission_row(r) for r in rows]
+
+
 def _commission_row(row: Sequence[Any]) -> CommissionRow:
     values = list(row)
     values[-2] = utc(values[-2])

@@ -61,8 +61,27 @@ def _zone(value: str) -> str:
 
 Colour = Annotated[str | None, AfterValidator(_colour)]
 TimeZone = Annotated[str, AfterValidator(_zone)]
+# Host labels the platform keeps for itself: a reseller's white-label host must never take
+# the name of one of the operator's own (app.<base>, api.<base>, ...).
+RESERVED_SLUGS = frozenset(
+    {
+        "admin", "api", "app", "auth", "billing", "cdn", "dashboard", "docs", "ftp", "grafana",
+        "help", "kafka", "login", "mail", "metrics", "platform", "portal", "reseller", "smtp",
+        "static", "status", "streambill", "support", "www",
+    }
+)  # fmt: skip
+
+
+def _slug(value: str) -> str:
+    if value in RESERVED_SLUGS:
+        raise ValueError(f"{value!r} is reserved for the platform")
+    return value
+
+
 Slug = Annotated[
-    str, Field(min_length=2, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])$")
+    str,
+    Field(min_length=2, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])$"),
+    AfterValidator(_slug),
 ]
 Domain = Annotated[
     str, Field(max_length=253, pattern=r"^([a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,63}$")

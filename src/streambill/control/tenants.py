@@ -41,7 +41,8 @@ _RESELLER_SELF_FIELDS = frozenset(
         "color_primary",
         "color_accent",
         "slug",
-        "custom_domain",
+        # not custom_domain: the admin sets it once the reseller has shown it owns the domain
+        # (a reseller naming any host would have the api dress it in its brand)
         "payout_holder",
         "payout_iban",
         "payout_bic",

@@ -121,19 +121,28 @@ class BrandResolver:
         key = ("host", host)
         found, brand = self._cached(key)
         if not found:
-            slug = slug_of(host, self.base_domain)
-            column = Tenant.slug if slug is not None else Tenant.custom_domain
-            async with self.control.sessions() as session:
-                tenant = await session.scalar(
-                    select(Tenant).where(column == (slug or host), Tenant.kind == "reseller")
-                )
-            brand = reseller_brand(tenant) if tenant is not None else None
-            if brand is None and slug is None:
-                brand = PLATFORM  # a host of the operator's own (a proxy's name, an IP)
+            brand = await self._lookup(host)
             self._remember(key, brand)
         if brand is None:
             raise UnknownPortal(host)
         return brand
+
+    async def _lookup(self, host: str) -> Brand | None:
+        """A slug under the base domain names a reseller (or nothing: 404); any other host
+        under the base domain is unknown; elsewhere a reseller's custom domain, else the
+        platform's own host (a proxy's name, an IP)."""
+        under_base = host.endswith("." + self.base_domain.strip("."))
+        slug = slug_of(host, self.base_domain)
+        if under_base and slug is None:
+            return None
+        column = Tenant.slug if slug is not None else Tenant.custom_domain
+        async with self.control.sessions() as session:
+            tenant = await session.scalar(
+                select(Tenant).where(column == (slug or host), Tenant.kind == "reseller")
+            )
+        if tenant is not None:
+            return reseller_brand(tenant)
+        return None if under_base else PLATFORM
 
     async def for_tenant(self, tenant_id: str | None) -> Brand:
         """The brand a tenant's users see: a reseller's own, a customer's reseller's, the

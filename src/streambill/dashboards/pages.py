@@ -73,6 +73,9 @@ def _resolver(request: Request, runtime: Any) -> BrandResolver:
     if resolver is None or resolver.control is not runtime.control:
         settings = runtime.settings
         hosts = {"127.0.0.1", "localhost", "[::1]", settings.api_host.lower()}
+        hosts |= {
+            h.strip().lower() for h in (settings.dashboard_platform_hosts or "").split(",") if h
+        }
         if settings.public_url:
             hosts.add(settings.public_url.split("://", 1)[-1].split("/", 1)[0].split(":")[0])
         resolver = BrandResolver(
@@ -128,7 +131,15 @@ def _unknown_portal(request: Request, lang: Lang) -> HTMLResponse:
     body = _templates.get_template("unknown.html").render(
         t=t, brand=_brand_doc(PLATFORM), page={"lang": lang}, host=request.headers.get("host", "")
     )
-    return HTMLResponse(body, status_code=404, headers={"Content-Security-Policy": CSP})
+    return HTMLResponse(
+        body,
+        status_code=404,
+        headers={
+            "Content-Security-Policy": CSP,
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 async def _brand_for(
@@ -157,6 +168,15 @@ def _brand_doc(brand: Brand) -> dict[str, Any]:
     return {**asdict(brand), "initials": brand.initials}
 
 
+async def _session_belongs(runtime: Any, brand: Brand, principal: Principal) -> bool:
+    if brand.reseller_id is None:
+        return True
+    async with runtime.control.sessions() as session:
+        user = await session.get(User, principal.user_id)
+        tenant = await session.get(Tenant, principal.tenant_id) if principal.tenant_id else None
+    return user is not None and _belongs(brand, user, tenant)
+
+
 def _login_target(area: str, lang: Lang) -> str:
     return f"/{area}/login?lang={lang}"
 
@@ -166,13 +186,17 @@ def _page_route(area: str) -> None:
 
     async def login_page(request: Request, runtime: Runtime) -> Response:
         lang = _lang(request, runtime)
-        principal = await _session(request, runtime)
-        if principal is not None and principal.role == role:
-            return RedirectResponse(f"/{area}", status_code=303)
         try:
             brand, _ = await _brand_for(request, runtime, None)
         except UnknownPortal:
             return _unknown_portal(request, lang)
+        principal = await _session(request, runtime)
+        if (
+            principal is not None
+            and principal.role == role
+            and await _session_belongs(runtime, brand, principal)
+        ):
+            return RedirectResponse(f"/{area}", status_code=303)
         context = {"area": area, "brand": _brand_doc(brand), "messages": messages("common", lang)}
         return _render(request, "login.html", lang, context)
 
@@ -208,7 +232,11 @@ def _page_route(area: str) -> None:
             user = await session.get(User, principal.user_id)
             tenant = await session.get(Tenant, principal.tenant_id) if principal.tenant_id else None
         if user is None or (white_label and not _belongs(brand, user, tenant)):
-            return RedirectResponse(_login_target(area, lang), status_code=303)
+            # a session from elsewhere (another portal, or an account that moved): sign out
+            # here, or the login page would send it straight back
+            refused = RedirectResponse(_login_target(area, lang), status_code=303)
+            refused.delete_cookie(SESSION_COOKIE, path="/")
+            return refused
         context = {
             "area": area,
             "brand": _brand_doc(brand),
@@ -242,8 +270,9 @@ async def logout(request: Request, runtime: Runtime) -> Response:
     area = request.query_params.get("area", "portal")
     lang = _lang(request, runtime)
     target = _login_target(area if area in AREAS else "portal", lang)
-    if not origin_allowed(
-        request.headers.get("origin"), runtime.settings.origins, request.headers.get("host")
+    origin = request.headers.get("origin")
+    if origin is None or not origin_allowed(
+        origin, runtime.settings.origins, request.headers.get("host")
     ):
         raise Forbidden("cookie-authenticated writes must come from an allowed origin")
     principal = await _session(request, runtime)

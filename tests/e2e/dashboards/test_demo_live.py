@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from streambill.broker.testing import OutputReader, stack_env, stop_stack
 from streambill.stack import READY_LINE
@@ -66,6 +66,7 @@ def test_the_demo_moves_all_three_dashboards_within_a_minute(
         text=True,
     )
     output = OutputReader(up)
+    contexts: list[BrowserContext] = []
     try:
         output.wait_for(READY_LINE, READY_TIMEOUT_S)
         ready_at = time.monotonic()
@@ -81,24 +82,35 @@ def test_the_demo_moves_all_three_dashboards_within_a_minute(
         pages: dict[str, Page] = {}
         first: dict[str, str] = {}
         for area, (url, email) in logins.items():
-            page = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
+            context = browser.new_context(viewport={"width": 1360, "height": 900})
+            contexts.append(context)
+            page = context.new_page()
             _sign_in(page, url, email, password)
             expect(page.get_by_test_id(FIGURES[area])).not_to_have_text("–", timeout=30_000)
             pages[area] = page
             first[area] = _figure(page, area)
+        # the minute counts from the moment all three are open (signing in may have waited
+        # for the demo to create its users)
+        opened_at = time.monotonic()
         moved: dict[str, float] = {}
-        while len(moved) < len(pages) and time.monotonic() - ready_at < LIVE_WITHIN_S:
+        while len(moved) < len(pages) and time.monotonic() - opened_at < LIVE_WITHIN_S:
             for area, page in pages.items():
                 if area not in moved and _figure(page, area) != first[area]:
-                    moved[area] = time.monotonic() - ready_at
+                    moved[area] = time.monotonic() - opened_at
             time.sleep(0.25)
         for area, page in pages.items():
             shot(page, f"demo-{area}")
-        print(f"\ndemo: moved {', '.join(f'{a} {s:.1f} s' for a, s in moved.items())} after ready")
+        print(
+            f"\ndemo: pages open {opened_at - ready_at:.1f} s after ready; moved "
+            + ", ".join(f"{a} {s:.1f} s" for a, s in moved.items())
+            + " later"
+        )
         assert set(moved) == set(FIGURES), f"still after {LIVE_WITHIN_S} s: {first} / {moved}"
         assert "nordwind" in pages["reseller"].get_by_test_id("brand-name").inner_text().lower()
         api = f"http://127.0.0.1:{env['STREAMBILL_API_PORT']}"
         assert httpx.get(f"{api}/readyz", timeout=5, trust_env=False).status_code == 200
     finally:
+        for context in contexts:
+            context.close()
         code = stop_stack(up, output, 120)
     assert code == 0, output.text()

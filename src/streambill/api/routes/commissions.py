@@ -28,6 +28,8 @@ from streambill.domain.commissions import Plan
 
 router = APIRouter(prefix="/v2/resellers", tags=["commissions"])
 ENTRIES_LIMIT_DEFAULT: Final = 100
+LATEST_LIMIT_DEFAULT: Final = 10
+LATEST_LIMIT_MAX: Final = 100
 ResellerId = Annotated[str, Path(min_length=1, max_length=128, pattern=ANY_ID_PATTERN)]
 Month = Annotated[
     str | None,
@@ -182,3 +184,21 @@ async def get_commission_entries(
 ) -> CommissionEntryPage:
     """The month's commission entries, oldest first; follow ``next`` for the next page."""
     return await entries_page(runtime, principal, reseller_id, month, limit, after_position)
+
+
+LatestLimit = Annotated[int, Query(ge=1, le=LATEST_LIMIT_MAX)]
+
+
+@router.get("/{reseller_id}/commissions/latest", response_model=CommissionEntryPage)
+async def get_latest_commission_entries(
+    reseller_id: ResellerId,
+    runtime: Runtime,
+    principal: CurrentPrincipal,
+    month: Month = None,
+    limit: LatestLimit = LATEST_LIMIT_DEFAULT,
+) -> CommissionEntryPage:
+    """The month's newest commission entries, newest first (a dashboard's ticker list);
+    ``next`` is always null: page the whole month with ``/commissions/entries``."""
+    _, _, chosen = await _reseller_month(runtime, principal, reseller_id, month)
+    rows = await runtime.clickhouse.run(commissions.latest_entries, reseller_id, chosen, limit)
+    return CommissionEntryPage(entries=[entry_public(r) for r in rows], next=None)

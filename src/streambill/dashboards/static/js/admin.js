@@ -346,6 +346,7 @@
   // An audit label "role:tenant:credential" in words; the credential id itself is a detail.
   function actor(label) {
     if (!label) return "–";
+    if (!label.includes(":")) return t("actor_session", { who: label }); // a person, by e-mail
     const [role, tenant, credential] = label.split(":");
     const who = tenant && tenant !== "-" ? role + " " + tenant : role;
     if (credential === "admin") return t("actor_admin_key");
@@ -507,7 +508,9 @@
     if (!details || typeof details !== "object") return "";
     const currency = details.currency;
     return Object.entries(details).filter(([, v]) => v !== null && typeof v !== "object").slice(0, 4).map(([k, v]) => {
-      if (k.endsWith("_micros") && currency) return k.replace(/_micros$/, "") + ": " + money(v, currency);
+      if (k.endsWith("_micros") && currency) {
+        try { return k.replace(/_micros$/, "") + ": " + money(v, currency); } catch (e) { return k + ": " + v; }
+      }
       return k + ": " + v;
     }).join(" · ");
   }
@@ -517,7 +520,7 @@
     const empty = list.querySelector(".empty");
     if (empty) empty.remove();
     const label = t("alert_" + message.kind) === "alert_" + message.kind ? message.kind : t("alert_" + message.kind);
-    const item = el("li", { class: "alert-item fresh", "data-kind": message.kind },
+    const item = el("li", { class: "alert-item fresh", "data-kind": message.kind, "data-alert-id": message.alert_id },
       el("span", { class: "badge badge-" + (ALERT_KIND[message.kind] || "warn"), text: label }),
       el("span", { class: "alert-who" },
         el("strong", { text: message.customer_id }),
@@ -526,7 +529,10 @@
       el("time", { class: "muted small", datetime: message.created_at, text: dateTime(message.created_at, true) }));
     list.prepend(item);
     setTimeout(() => item.classList.remove("fresh"), FRESH_HIGHLIGHT_MS);
-    while (list.children.length > ALERTS_MAX) list.lastElementChild.remove();
+    while (list.children.length > ALERTS_MAX) {
+      shownAlerts.delete(list.lastElementChild.dataset.alertId);
+      list.lastElementChild.remove();
+    }
   }
 
   // The history first (newest last into the list, so the newest ends on top); live ones are

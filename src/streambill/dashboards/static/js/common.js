@@ -168,6 +168,7 @@
         setState("off");
         if (closed) return;
         if (event.code === 4401) { window.location.assign("/" + pageData.area + "/login"); return; }
+        if (event.code === 1008) return; // refused by policy (origin): retrying cannot help
         setTimeout(connect, delayMs);
         delayMs = Math.min(delayMs * 2, 10000);
       });
@@ -176,8 +177,12 @@
     return { close() { closed = true; if (socket) socket.close(); } };
   }
 
-  // A line/bar chart with uPlot when it is installed; else a note in the container.
+  // A line/bar chart with uPlot when it is installed; else a note in the container. A new
+  // chart in the same container replaces the old one (its plot and resize observer).
+  const charts = new WeakMap();
   function chart(container, options, data) {
+    const old = charts.get(container);
+    if (old) { old.observer.disconnect(); old.plot.destroy(); charts.delete(container); }
     container.replaceChildren();
     if (typeof window.uPlot !== "function") {
       container.append(el("p", { class: "muted", text: t("charts_missing") }));
@@ -185,7 +190,9 @@
     }
     const width = Math.max(container.clientWidth, 280);
     const plot = new window.uPlot(Object.assign({ width, height: 220 }, options), data, container);
-    new ResizeObserver(() => plot.setSize({ width: Math.max(container.clientWidth, 280), height: 220 })).observe(container);
+    const observer = new ResizeObserver(() => plot.setSize({ width: Math.max(container.clientWidth, 280), height: 220 }));
+    observer.observe(container);
+    charts.set(container, { plot, observer });
     return plot;
   }
 

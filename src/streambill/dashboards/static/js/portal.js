@@ -243,7 +243,7 @@
         state.topupKey = null;
         if (answer.checkout_url) {
           submit.textContent = t("topup_redirecting");
-          window.location.assign(answer.checkout_url);
+          window.location.assign(safeExternal(answer.checkout_url));
           return;
         }
         loadTopups();
@@ -269,7 +269,11 @@
       if (!items.length) { emptyRow(tbody, 4, t("topups_empty")); return; }
       tbody.replaceChildren(...items.map((item) => {
         const status = el("td", {}, topupBadge(item.status));
-        const payable = item.action_url || (item.checkout_url && item.status === "open" ? item.checkout_url : null);
+        // The api's own pay link, relative: the session cookie belongs to this page's host
+        // (a white-label one, too); Checkout's own page only when it is https (or loopback).
+        const payable = item.action_url
+          ? "/v2/topups/" + encodeURIComponent(item.id) + "/checkout"
+          : (item.checkout_url && item.status === "open" ? safeExternal(item.checkout_url) : null);
         if (payable) status.append(" ", el("a", { href: payable, class: "small", text: t("topup_pay") }));
         return el("tr", {},
           el("td", { text: SB.dateTime(item.created_at) }),
@@ -467,7 +471,7 @@
           success_url: back + "?setup=success#settings",
           cancel_url: back + "?setup=cancel#settings",
         });
-        window.location.assign(answer.checkout_url);
+        window.location.assign(safeExternal(answer.checkout_url));
       } catch (e) {
         showFormError(error, e, t("pm_failed"));
         button.disabled = false;
@@ -646,6 +650,15 @@
     usageTimer = setTimeout(() => { usageTimer = null; loadUsage(); loadForecast(); }, 5000);
   }
 
+  // A payment page to send the customer to: https only (plain http only on this machine, for
+  // a local Stripe stand-in); anything else is refused rather than followed.
+  function safeExternal(url) {
+    const parsed = new URL(url, window.location.href);
+    const loopback = ["127.0.0.1", "localhost", "[::1]"].includes(parsed.hostname);
+    if (parsed.protocol === "https:" || (parsed.protocol === "http:" && loopback)) return parsed.href;
+    throw new SB.ApiError(0, "unsafe_redirect", "refusing to open " + parsed.protocol + " link");
+  }
+
   const shownAlerts = new Set();
   // The latest alerts first (oldest prepended first, so the newest ends on top; no toasts),
   // then live ones as they come; each once.
@@ -669,11 +682,14 @@
     let detail = "";
     if (alert.kind === "predicted_depletion" && details.depletion_at) detail = t("alert_predicted_detail", { date: SB.dateTime(details.depletion_at) });
     const level = alert.kind === "recovered" ? "ok" : alert.kind === "depleted" || alert.kind === "topup_failed" ? "bad" : "warn";
-    list.prepend(el("li", { class: "alert-item alert-" + level, "data-kind": alert.kind },
+    list.prepend(el("li", { class: "alert-item alert-" + level, "data-kind": alert.kind, "data-alert-id": alert.alert_id },
       el("span", { class: "badge badge-" + level, text: title }),
       el("time", { class: "muted small", datetime: alert.created_at, text: " " + SB.dateTime(alert.created_at) }),
       detail ? el("div", { class: "small", text: detail }) : null));
-    while (list.children.length > 8) list.lastElementChild.remove();
+    while (list.children.length > 8) {
+      shownAlerts.delete(list.lastElementChild.dataset.alertId);
+      list.lastElementChild.remove();
+    }
     if (quiet !== true) SB.toast(title + (detail ? " – " + detail : ""), level === "bad" ? "error" : level === "ok" ? "ok" : undefined);
   }
 

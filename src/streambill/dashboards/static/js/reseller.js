@@ -10,7 +10,6 @@
   const base = "/v2/resellers/" + encodeURIComponent(resellerId);
   const PAGE_SIZE = 15;
   const CUSTOMER_PAGES_MAX = 20; // 20 x 500 customers
-  const ENTRY_PAGES_MAX = 30; // 30 x 1000 commission entries
   const ENTRIES_SHOWN = 10;
   const FRAUD_SHOWN = 8;
   const REFRESH_DEBOUNCE_MS = 300;
@@ -295,21 +294,14 @@
     );
   }
 
-  // The entries endpoint pages oldest first: follow it from the newest position we know to
-  // the end (bounded) and keep the newest; also what catches up after missed live messages.
+  // The month's newest entries (newest first, one request); also what catches up after
+  // missed live messages. Whole months page through /commissions/entries.
   async function loadEntries() {
     const tbody = $("entries-table").querySelector("tbody");
     try {
-      let path = base + "/commissions/entries?limit=1000&after_position=" + state.lastPosition;
-      let pages = 0;
-      while (path && pages < ENTRY_PAGES_MAX) {
-        const doc = await api("GET", path);
-        addEntries(doc.entries);
-        for (const entry of doc.entries) noteLatest(entry);
-        path = doc.next;
-        pages += 1;
-      }
-      $("entries-note").textContent = path ? t("entries_truncated") : "";
+      const doc = await api("GET", base + "/commissions/latest?limit=" + ENTRIES_SHOWN);
+      addEntries(doc.entries);
+      for (const entry of doc.entries) noteLatest(entry);
       renderEntries();
       if (state.summary) renderSummary();
     } catch (error) {
