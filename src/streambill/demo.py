@@ -179,7 +179,8 @@ def run_demo(settings: Settings, *, customers: int, rate: float, events: int, se
             users,
             settings.bootstrap,
         )
-        model = TrafficModel(population, seed=seed, session=session_id(started))
+        showcase = demo_logins.showcase_customers(population) if settings.demo_password else []
+        model = TrafficModel(population, seed=seed, session=session_id(started), showcase=showcase)
         sent = _traffic_loop(sender, model, rate=rate, events=events, stop=stop)
         remaining = sender.flush(FLUSH_TIMEOUT_S)
     stop.close()

@@ -65,6 +65,17 @@ def branding_requests(population: Population) -> list[tuple[str, dict[str, Any]]
     return requests
 
 
+def showcase_customers(population: Population) -> list[str]:
+    """The customers with a demo sign-in: each reseller's most active one and the most active
+    direct customer (the demo keeps their pages moving at any hour)."""
+    chosen = [
+        _most_active([c for c in population.customers if c.parent_id == r.account_id])
+        for r in population.resellers
+    ]
+    chosen.append(_most_active([c for c in population.customers if c.parent_id is None]))
+    return [c.account_id for c in chosen if c is not None]
+
+
 def user_requests(population: Population, password: str) -> list[dict[str, Any]]:
     """``POST /v2/users`` bodies: the admin, a partner per reseller, a customer per reseller
     (its most active one) and one direct customer."""

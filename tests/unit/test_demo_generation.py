@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from streambill import demo_logins
 from streambill.control.schemas import CustomerCreate, ResellerCreate
 from streambill.demo import setup_messages, tenant_requests
 from streambill.domain.money import to_micros
@@ -175,3 +177,31 @@ def test_pacer_bounds_a_burst_after_a_stall() -> None:
     pacer = Pacer(start_s=0.0, burst_max=100)
     assert pacer.due(3600.0, rate=1000.0) == 100
     assert pacer.due(3600.001, rate=1000.0) <= 101
+
+
+def test_showcase_customers_get_a_call_at_every_interval_even_off_hours() -> None:
+    population = build_population(50, 7)
+    showcase = demo_logins.showcase_customers(population)
+    assert len(showcase) == len(population.resellers) + 1
+    # Friday 20:17 in Berlin (its customers' evening), 14:17 in New York (theirs busy): the
+    # demo's floor rate of 3 calls/s goes mostly to New York
+    evening = datetime(2026, 11, 27, 19, 17, tzinfo=UTC)
+    ticks = [evening + timedelta(seconds=n / 3) for n in range(180)]  # 60 s at 3 calls/s
+
+    def calls(model: TrafficModel) -> dict[str, list[float]]:
+        seen: dict[str, list[float]] = {cid: [] for cid in showcase}
+        for now in ticks:
+            for message in model.next_messages(now):
+                if message.topic == USAGE and message.key in seen:
+                    seen[message.key].append((now - evening).total_seconds())
+        return seen
+
+    def longest_gap(times: list[float]) -> float:
+        return max(b - a for a, b in itertools.pairwise([0.0, *times, 60.0]))
+
+    model = TrafficModel(population, seed=3, session="s", showcase=showcase, showcase_interval_s=8)
+    gaps = {cid: longest_gap(times) for cid, times in calls(model).items()}
+    assert max(gaps.values()) <= 8.4, gaps
+    # without the showcase, some of them wait far longer (tens of seconds at this hour)
+    plain = TrafficModel(population, seed=3, session="s")
+    assert max(longest_gap(times) for times in calls(plain).values()) > 20

@@ -31,6 +31,7 @@ METER_NAMES: Final = ("call_minutes", "sms", "ai_tokens_1k")
 METER_WEIGHTS: Final = (85, 10, 5)
 # The demo never goes silent: the offered rate never drops below this share of the target.
 RATE_FACTOR_FLOOR: Final = 0.15
+SHOWCASE_INTERVAL_S: Final = 8.0
 # A customer without auto top-up tops up by hand when its approximate balance falls below this.
 MANUAL_TOPUP_BELOW: Final = Decimal("2.00")
 _FIXED_OFFSETS_H: Final = {"America/New_York": -5, "America/Chicago": -6, "America/Los_Angeles": -8}
@@ -123,8 +124,23 @@ class TrafficModel:
     calls are new calls rather than duplicates the worker would drop.
     """
 
-    def __init__(self, population: Population, *, seed: int, session: str) -> None:
+    def __init__(
+        self,
+        population: Population,
+        *,
+        seed: int,
+        session: str,
+        showcase: Sequence[str] = (),
+        showcase_interval_s: float = SHOWCASE_INTERVAL_S,
+    ) -> None:
         self._customers = population.customers
+        # Customers whose dashboards the demo shows (they have sign-ins): each gets a call at
+        # least every ``showcase_interval_s``, whatever the hour in its time zone, so their
+        # pages move within seconds of opening also at night.
+        by_id = {c.account_id: c for c in population.customers}
+        self._showcase = [by_id[i] for i in showcase if i in by_id]
+        self._showcase_interval = timedelta(seconds=showcase_interval_s)
+        self._showcase_due: dict[str, datetime] = {}
         self._rng = random.Random(f"traffic-{seed}-{session}")
         self._session = session
         self._seq = itertools.count(1)
@@ -160,9 +176,17 @@ class TrafficModel:
         index = bisect.bisect_right(self._cum_weights, point)
         return self._customers[min(index, len(self._customers) - 1)]
 
+    def _due_showcase(self, now: datetime) -> DemoCustomer | None:
+        for customer in self._showcase:
+            due = self._showcase_due.get(customer.account_id)
+            if due is None or now >= due:
+                self._showcase_due[customer.account_id] = now + self._showcase_interval
+                return customer
+        return None
+
     def next_messages(self, now: datetime) -> list[Message]:
         """One usage event, and a manual top-up after it when that customer runs low."""
-        customer = self.pick_customer(now)
+        customer = self._due_showcase(now) or self.pick_customer(now)
         seq = next(self._seq)
         meter = self._rng.choices(METER_NAMES, weights=METER_WEIGHTS)[0]
         quantity = _quantity(meter, self._rng)

@@ -6,6 +6,13 @@
   const pageData = JSON.parse(document.getElementById("page-data").textContent);
   const locale = pageData.lang === "de" ? "de-DE" : "en-GB";
 
+  // Set while signing out: the session's socket closes (4401) and its requests answer 401
+  // before the sign-out's own answer arrives; neither may navigate first.
+  let signingOut = false;
+  function loginPath() {
+    return "/" + pageData.area + "/login?lang=" + encodeURIComponent(pageData.lang);
+  }
+
   function t(key, vars) {
     let text = (pageData.messages && pageData.messages[key]) || key;
     if (vars) {
@@ -30,8 +37,8 @@
       init.body = JSON.stringify(body);
     }
     const response = await fetch(path, init);
-    if (response.status === 401 && pageData.me) {
-      window.location.assign("/" + pageData.area + "/login");
+    if (response.status === 401 && pageData.me && !signingOut) {
+      window.location.assign(loginPath());
       throw new ApiError(401, "unauthorized", "signed out");
     }
     if (response.status === 204) return null;
@@ -39,7 +46,11 @@
     const doc = text ? JSON.parse(text) : null;
     if (!response.ok) {
       const error = (doc && doc.error) || {};
-      throw new ApiError(response.status, error.code || "http_" + response.status, error.message || response.statusText);
+      const code = error.code || "http_" + response.status;
+      // the page's own words for codes whose server text is technical (and English); the
+      // server's text otherwise (it names the field or the conflict)
+      const local = pageData.messages && pageData.messages["error_" + code];
+      throw new ApiError(response.status, code, local || error.message || response.statusText);
     }
     return doc;
   }
@@ -167,7 +178,8 @@
       socket.addEventListener("close", (event) => {
         setState("off");
         if (closed) return;
-        if (event.code === 4401) { window.location.assign("/" + pageData.area + "/login"); return; }
+        if (signingOut) return; // the sign-out below ends the session and navigates itself
+        if (event.code === 4401) { window.location.assign(loginPath()); return; }
         if (event.code === 1008) return; // refused by policy (origin): retrying cannot help
         setTimeout(connect, delayMs);
         delayMs = Math.min(delayMs * 2, 10000);
@@ -203,10 +215,12 @@
   const logout = document.getElementById("logout");
   if (logout) {
     logout.addEventListener("click", async () => {
+      signingOut = true;
       try {
         const answer = await api("POST", "/logout?area=" + encodeURIComponent(logout.dataset.area));
         window.location.assign(answer.redirect);
       } catch (error) {
+        signingOut = false;
         showError(error);
       }
     });
