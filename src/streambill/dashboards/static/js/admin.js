@@ -11,7 +11,7 @@
   const RATE_WINDOW_S = 60;
   const RESELLERS_PAGE = 10;
   const LETTERS_PAGE = 20;
-  const ALERTS_MAX = 50;
+  const ALERTS_MAX = 25;
   const FRESH_HIGHLIGHT_MS = 4000;
 
   function count(n) {
@@ -504,15 +504,29 @@
     low_balance: "warn", predicted_depletion: "warn", recovered: "ok",
   };
 
+  // An alert's details in words: known fields by their label, times and amounts formatted,
+  // bookkeeping fields (currency, seq) left out; at most four.
+  const DETAIL_SKIP = new Set(["currency", "seq", "reseller_id", "customer_id"]);
   function alertDetails(details) {
     if (!details || typeof details !== "object") return "";
     const currency = details.currency;
-    return Object.entries(details).filter(([, v]) => v !== null && typeof v !== "object").slice(0, 4).map(([k, v]) => {
-      if (k.endsWith("_micros") && currency) {
-        try { return k.replace(/_micros$/, "") + ": " + money(v, currency); } catch (e) { return k + ": " + v; }
-      }
-      return k + ": " + v;
-    }).join(" · ");
+    return Object.entries(details)
+      .filter(([k, v]) => v !== null && typeof v !== "object" && !DETAIL_SKIP.has(k))
+      .slice(0, 4)
+      .map(([k, v]) => {
+        const name = k.replace(/_micros$/, "");
+        const known = window.SB.page.messages["detail_" + name];
+        let text = String(v);
+        try {
+          if (k.endsWith("_micros") && currency) text = money(v, currency);
+          else if (k.endsWith("_at")) text = dateTime(String(v));
+          else if (typeof v === "number") text = decimal(String(v), 2);
+        } catch (e) {
+          text = String(v);
+        }
+        return (known || name) + ": " + text;
+      })
+      .join(" · ");
   }
 
   function addAlert(message) {
