@@ -18,13 +18,15 @@ from pydantic import BaseModel, Field
 
 from streambill.analytics.alerts import ALERTS_LIMIT_MAX, AlertRecord, recent_alerts
 from streambill.api.deps import CurrentPrincipal, Runtime
+from streambill.api.live.hub import INVESTIGATION_ALERTS
 from streambill.api.params import ANY_ID_PATTERN
 from streambill.control.principal import Principal
 from streambill.errors import NotFound, StreambillError
 
 router = APIRouter(prefix="/v2/alerts", tags=["alerts"])
 
-HIDDEN_FROM_CUSTOMERS: Final = ("fraud_suspected",)
+# the live hub's rule, one list: alerts for investigators, never for the suspect
+HIDDEN_FROM_CUSTOMERS: Final = tuple(sorted(INVESTIGATION_ALERTS))
 
 
 class AlertPublic(BaseModel):
