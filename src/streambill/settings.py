@@ -24,8 +24,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./.streambill")
     kafka_bootstrap: str | None = None
     broker_port: int = 9092
-    # durable: Tansu in memory, saved at a clean stop and restored at start (broker/persist.py);
-    # s3: Tansu's own engine on localbucket (every write kept, slow reads); memory: nothing kept.
+    # durable: Tansu in memory behind the journal proxy, which syncs every acknowledged write
+    # to <data_dir>/broker-journal and replays it at start (broker/proxy.py); s3: Tansu's own
+    # engine on localbucket (every write kept, slow reads); memory: nothing kept.
     broker_storage: Literal["durable", "memory", "s3"] = "durable"
     topic_partitions: int = Field(default=8, ge=1, le=256)
     clickhouse_url: str | None = None

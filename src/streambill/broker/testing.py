@@ -60,9 +60,10 @@ def durable_broker(
     *,
     specs: Sequence[TopicSpec] | None = None,
 ) -> contextlib.AbstractContextManager[EmbeddedBroker]:
-    """A durable broker (Tansu on localbucket) storing under ``data_dir`` (a temporary
-    directory when omitted), on a free port, with the topics created (idempotent)."""
-    return _broker(data_dir, "s3", topic_specs(partitions) if specs is None else specs)
+    """A durable broker (Tansu in memory behind the journal proxy) storing under ``data_dir``
+    (a temporary directory when omitted), on a free port, with the topics created
+    (idempotent)."""
+    return _broker(data_dir, "durable", topic_specs(partitions) if specs is None else specs)
 
 
 def producer_config(bootstrap: str) -> dict[str, Any]:

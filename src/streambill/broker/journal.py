@@ -1,0 +1,265 @@
+"""The broker's write-ahead journal: what the embedded broker acknowledged, on disk first.
+
+Tansu's memory engine keeps everything in RAM, so the embedded stack's durability lives
+here. The journal proxy (:mod:`streambill.broker.proxy`) appends an entry for every record
+batch the broker accepted, every committed consumer offset and every topic, and answers the
+client only after the entry is written and ``fdatasync``-ed. A start replays the journal
+into a fresh broker (:mod:`streambill.broker.replay`).
+
+On disk: ``<dir>/<first entry number, 20 digits>.log`` segments, each a run of frames::
+
+    u32 payload length | u32 CRC-32C of the payload | payload
+
+A payload is one entry (see :func:`encode_batches`, :func:`encode_commit`,
+:func:`encode_topic`). Appends only ever extend the newest segment, and each append is
+synced before anything it covers is acknowledged, so a crash can only leave a *torn tail*:
+a partial frame, or a frame whose CRC does not match, at the end of the newest segment.
+:meth:`Journal.open` cuts such a tail off (it was never acknowledged) and keeps every
+earlier entry. A bad frame anywhere else is corruption, not a torn write, and stops the
+start with :class:`JournalCorrupt` naming the file and position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from aiokafka.record.util import calc_crc32c
+
+from streambill.broker.errors import BrokerError
+from streambill.broker.wire import Reader, WireError, enc_bytes, enc_string, i32, i64
+
+log = logging.getLogger(__name__)
+
+_FRAME: Final = struct.Struct(">II")
+SEGMENT_BYTES: Final = 64 * 1024 * 1024
+_MAX_ENTRY: Final = 256 * 1024 * 1024
+
+BATCHES: Final = 1
+COMMIT: Final = 2
+TOPIC: Final = 3
+
+
+class JournalCorrupt(BrokerError):
+    """A journal entry other than the newest one does not read back."""
+
+    code = "broker_journal_corrupt"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchesEntry:
+    topic: str
+    partition: int
+    base_offset: int  # where the broker put the first batch
+    records: bytes  # the record batches as the client sent them
+
+
+@dataclass(frozen=True, slots=True)
+class CommitEntry:
+    group: str
+    topic: str
+    partition: int
+    offset: int
+    metadata: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicEntry:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+Entry = BatchesEntry | CommitEntry | TopicEntry
+
+
+def encode_batches(topic: str, partition: int, base_offset: int, records: bytes) -> bytes:
+    return b"".join(
+        (bytes((BATCHES,)), enc_string(topic), i32(partition), i64(base_offset), enc_bytes(records))
+    )
+
+
+def encode_commit(
+    group: str, topic: str, partition: int, offset: int, metadata: str | None
+) -> bytes:
+    return b"".join(
+        (
+            bytes((COMMIT,)),
+            enc_string(group),
+            enc_string(topic),
+            i32(partition),
+            i64(offset),
+            enc_string(metadata),
+        )
+    )
+
+
+def encode_topic(name: str, partitions: int, config: dict[str, str]) -> bytes:
+    raw = json.dumps(config, sort_keys=True)
+    return b"".join((bytes((TOPIC,)), enc_string(name), i32(partitions), enc_string(raw)))
+
+
+def decode(payload: bytes | memoryview) -> Entry:
+    r = Reader(payload)
+    kind = r.i8()
+    if kind == BATCHES:
+        topic, partition, base = r.string(), r.i32(), r.i64()
+        records = r.nullable_bytes()
+        return BatchesEntry(topic, partition, base, bytes(records or b""))
+    if kind == COMMIT:
+        group, topic, partition, offset = r.string(), r.string(), r.i32(), r.i64()
+        return CommitEntry(group, topic, partition, offset, r.nullable_string())
+    if kind == TOPIC:
+        name, partitions = r.string(), r.i32()
+        return TopicEntry(name, partitions, json.loads(r.string()))
+    raise WireError(f"unknown journal entry kind {kind}")
+
+
+def frame(payload: bytes) -> bytes:
+    return _FRAME.pack(len(payload), calc_crc32c(payload)) + payload
+
+
+def _read_frames(data: bytes) -> tuple[list[memoryview], int]:
+    """The whole frames at the start of ``data`` and where the first bad one starts."""
+    view = memoryview(data)
+    frames = []
+    pos = 0
+    while pos < len(view):
+        if len(view) - pos < _FRAME.size:
+            break
+        size, crc = _FRAME.unpack_from(view, pos)
+        end = pos + _FRAME.size + size
+        if size > _MAX_ENTRY or end > len(view):
+            break
+        payload = view[pos + _FRAME.size : end]
+        if calc_crc32c(payload) != crc:
+            break
+        frames.append(payload)
+        pos = end
+    return frames, pos
+
+
+class Journal:
+    """Append-only, synced, segmented. One writer (the proxy's journal thread).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> j = Journal.open(d)
+    >>> j.append([encode_commit("g", "t", 0, 5, None)])
+    >>> j.close()
+    >>> [e.offset for e in Journal.open(d).entries()]
+    [5]
+    """
+
+    def __init__(self, directory: Path, segments: list[Path], truncated_bytes: int) -> None:
+        self.directory = directory
+        self.truncated_bytes = truncated_bytes
+        self._segments = segments
+        self._next_number = 0
+        self._fd = -1
+        self._size = 0
+        self.appended_entries = 0
+        self.synced_bytes = 0
+
+    @classmethod
+    def open(cls, directory: Path) -> Journal:
+        """Open (creating) the journal, cutting off a torn tail of the newest segment."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.tmp"):
+            stale.unlink()  # a half-written checkpoint of a killed run
+        segments = sorted(directory.glob("*.log"))
+        truncated = 0
+        count = 0
+        for index, path in enumerate(segments):
+            data = path.read_bytes()
+            frames, good = _read_frames(data)
+            count += len(frames)
+            if good == len(data):
+                continue
+            if index != len(segments) - 1:
+                raise JournalCorrupt(
+                    f"the broker journal {path} has a bad entry at byte {good} of {len(data)} "
+                    f"and newer segments follow it: this is damage, not an interrupted write. "
+                    f"Restore the data dir from a backup (or move {directory} away to start "
+                    f"with an empty broker, losing its data)."
+                )
+            truncated = len(data) - good
+            log.warning(
+                "broker journal %s: cutting off a torn tail of %d bytes at byte %d "
+                "(an interrupted write, never acknowledged)",
+                path,
+                truncated,
+                good,
+            )
+            with path.open("r+b") as file:
+                file.truncate(good)
+                file.flush()
+                os.fsync(file.fileno())
+        journal = cls(directory, segments, truncated)
+        journal._next_number = count
+        journal._open_tail()
+        return journal
+
+    def _open_tail(self) -> None:
+        if not self._segments:
+            self._new_segment()
+            return
+        path = self._segments[-1]
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._size = os.fstat(self._fd).st_size
+
+    def _new_segment(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        path = self.directory / f"{self._next_number:020d}.log"
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._segments.append(path)
+        self._size = 0
+        _sync_dir(self.directory)  # the new file's name must survive a crash too
+
+    def append(self, payloads: list[bytes]) -> None:
+        """Write the entries and ``fdatasync`` them: once this returns they are durable."""
+        if not payloads:
+            return
+        if self._size >= SEGMENT_BYTES:
+            self._new_segment()
+        data = b"".join(frame(p) for p in payloads)
+        written = 0
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
+        os.fdatasync(self._fd)
+        self._size += len(data)
+        self._next_number += len(payloads)
+        self.appended_entries += len(payloads)
+        self.synced_bytes += len(data)
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry, oldest first."""
+        for path in list(self._segments):
+            frames, _good = _read_frames(path.read_bytes())
+            for payload in frames:
+                yield decode(payload)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self._segments if p.exists())
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
