@@ -1,4 +1,5 @@
-# Sourced by bench/run_*.sh: a memory-mode embedded stack on free ports in a temporary data
+# Sourced by bench/run_*.sh: an embedded stack (durable storage, as `make up` runs it; set
+# STREAMBILL_BROKER_STORAGE=memory for the A/B) on free ports in a temporary data
 # dir, started, awaited, and stopped on exit (also on failure or Ctrl-C).
 #
 # The caller sets ROOT, PY, WORKERS, TAG (log prefix) and DATA_PREFIX, then calls
@@ -43,7 +44,7 @@ start_embedded_stack() {
   # Free ports: broker, api, and WORKERS consecutive ones for the workers (port + i).
   read -r BROKER_PORT API_PORT WORKER_PORT ML_PORT < <("$PY" "$ROOT/bench/free_ports.py" "$WORKERS")
   export STREAMBILL_DATA_DIR="$DATA"
-  export STREAMBILL_BROKER_STORAGE=memory
+  export STREAMBILL_BROKER_STORAGE=${STREAMBILL_BROKER_STORAGE:-durable}
   export STREAMBILL_DEMO=0
   export STREAMBILL_BROKER_PORT="$BROKER_PORT"
   export STREAMBILL_API_PORT="$API_PORT"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Start a memory-mode embedded stack on free ports in a temporary data dir, wait until it is
-# ready, run `streambill bench` against it, and stop the stack (also on failure or Ctrl-C).
+# Start an embedded stack (durable storage, as `make up`; STREAMBILL_BROKER_STORAGE=memory
+# for the A/B) on free ports in a temporary data dir, wait until it is ready, run `streambill bench` against it, and stop the stack (also on failure or Ctrl-C).
 #
 #   bench/run_embedded.sh [--workers N] [--events N] [--rate R] [--customers N]
 #                         [--topups N] [--out FILE]

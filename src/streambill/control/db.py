@@ -44,11 +44,15 @@ def _url(url: str, *, asynchronous: bool) -> URL:
 
 def _sqlite_pragmas(engine: Any) -> None:
     # WAL lets readers run while the relay or a request writes; the busy timeout makes a
-    # writer wait for the lock instead of failing with "database is locked".
+    # writer wait for the lock instead of failing with "database is locked". synchronous=FULL
+    # syncs the WAL at every commit: a webhook's stripe_events row, an adjustment or an
+    # outbox row answered 2xx survives a power loss (NORMAL, some builds' WAL default, may
+    # lose the last commits).
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.close()

@@ -1,0 +1,255 @@
+"""The durable embedded broker under kills: what it acknowledged, and what anyone read, stays.
+
+Tansu runs in memory behind the journal proxy; these tests freeze and kill both at once
+(SIGSTOP, then SIGKILL: nothing runs at exit) while a producer and a consumer are busy,
+start a new broker on the same data dir, and require every acknowledged record, and every
+record a consumer saw, at its old offset.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+from streambill.broker import EmbeddedBroker, ensure_topics
+from streambill.broker.process import free_port, pid_alive
+from streambill.streams.topics import TopicSpec
+
+pytestmark = pytest.mark.integration
+TOPIC = TopicSpec("test.journal.v1", 3)
+COMPACT = TopicSpec("test.journal-compact.v1", 2, {"cleanup.policy": "compact"})
+
+Record = tuple[int, int, bytes]  # partition, offset, value
+
+
+def start(data_dir: Path, port: int) -> EmbeddedBroker:
+    broker = EmbeddedBroker(data_dir, port=port, storage="durable")
+    broker.start()
+    ensure_topics(broker.bootstrap, [TOPIC, COMPACT], timeout_s=30)
+    return broker
+
+
+def freeze_and_kill(broker: EmbeddedBroker) -> None:
+    """Every broker process stopped at the same instant, then killed: a power loss."""
+    pids = [c.pid for c in broker.processes if c.pid is not None]
+    assert len(pids) == 2, "the journal proxy and Tansu"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        for child in broker.processes:
+            child.poll()  # reap
+        time.sleep(0.01)
+    assert not any(pid_alive(pid) for pid in pids)
+    broker.stop(timeout_s=1)  # releases the data dir's lock; the processes are gone
+
+
+def read_all(bootstrap: str, spec: TopicSpec) -> dict[tuple[int, int], bytes]:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False}
+    )
+    ends = {}
+    for p in range(spec.partitions):
+        _low, high = consumer.get_watermark_offsets(TopicPartition(spec.name, p), timeout=10)
+        if high > 0:
+            ends[p] = high
+    consumer.assign([TopicPartition(spec.name, p, 0) for p in ends])
+    seen: dict[tuple[int, int], bytes] = {}
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            for m in consumer.consume(10_000, 0.2):
+                if m.error() is None and m.offset() is not None:
+                    seen[(m.partition() or 0, m.offset() or 0)] = m.value() or b""
+            done = [
+                max((o for (q, o) in seen if q == p), default=-1) >= e - 1 for p, e in ends.items()
+            ]
+            if all(done):
+                break
+    finally:
+        consumer.close()
+    return seen
+
+
+class Traffic:
+    """A producer (idempotent, acks=all) and a consumer, each on its own thread."""
+
+    def __init__(self, bootstrap: str, round_no: int) -> None:
+        self.bootstrap = bootstrap
+        self.round_no = round_no
+        self.acked: list[Record] = []
+        self.consumed: list[Record] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._produce, daemon=True),
+            threading.Thread(target=self._consume, daemon=True),
+        ]
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _produce(self) -> None:
+        producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 2,
+                "message.timeout.ms": 3000,
+            }
+        )
+
+        def delivered(err: object, msg: object) -> None:
+            if err is None:
+                self.acked.append((msg.partition(), msg.offset(), msg.value()))  # type: ignore[attr-defined]
+
+        i = 0
+        while not self._stop.is_set():
+            value = b"r%d-%d" % (self.round_no, i)
+            producer.produce(TOPIC.name, value, b"k%d" % (i % 17), on_delivery=delivered)
+            i += 1
+            if i % 50 == 0:
+                producer.poll(0.001)
+        producer.purge()
+        producer.flush(0)
+
+    def _consume(self) -> None:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"watcher-{self.round_no}",
+                "enable.auto.commit": False,  # close() must not wait for a dead broker
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        consumer.assign(
+            [TopicPartition(TOPIC.name, p, OFFSET_END) for p in range(TOPIC.partitions)]
+        )
+        try:
+            while not self._stop.is_set():
+                for m in consumer.consume(1000, 0.05):
+                    if m.error() is None:
+                        self.consumed.append(
+                            (m.partition() or 0, m.offset() or 0, m.value() or b"")
+                        )
+        finally:
+            consumer.close()
+
+
+def test_every_acknowledged_and_every_read_record_survives_five_kills(tmp_path: Path) -> None:
+    port = free_port()
+    acked: list[Record] = []
+    consumed: list[Record] = []
+    rng = random.Random(19)
+    for round_no in range(5):
+        broker = start(tmp_path, port)
+        before = len(acked)
+        with Traffic(broker.bootstrap, round_no) as traffic:
+            # Kill once this round's traffic is well under way, at a random moment after.
+            deadline = time.monotonic() + 30
+            while len(traffic.acked) < 2000 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.5))
+            freeze_and_kill(broker)
+        acked += traffic.acked
+        consumed += traffic.consumed
+        assert len(acked) - before >= 2000, "the kill came while records were acknowledged"
+        assert len(traffic.consumed) > 0, "a consumer read while the broker was killed"
+        print(f"round {round_no}: {len(traffic.acked)} acknowledged, {len(traffic.consumed)} read")
+
+    broker = start(tmp_path, port)
+    try:
+        log = read_all(broker.bootstrap, TOPIC)
+        lost = [r for r in acked if log.get((r[0], r[1])) != r[2]]
+        unseen = [r for r in consumed if log.get((r[0], r[1])) != r[2]]
+        assert lost == [] and unseen == []
+        assert len({r[2] for r in acked}) == len(acked)
+        # The broker goes on where the journal ends, on every partition.
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
+        landed: list[tuple[int, int]] = []
+        for p in range(TOPIC.partitions):
+            producer.produce(
+                TOPIC.name,
+                b"after",
+                partition=p,
+                on_delivery=lambda e, m: landed.append((m.partition() or 0, m.offset() or 0)),
+            )
+        assert producer.flush(10) == 0
+        for p, offset in landed:
+            assert offset == max(o for (q, o) in log if q == p) + 1
+    finally:
+        broker.stop()
+
+
+def test_group_offsets_topics_and_acks0_records_come_back(tmp_path: Path) -> None:
+    port = free_port()
+    broker = start(tmp_path, port)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": 0, "linger.ms": 1})
+    for i in range(300):
+        producer.produce(COMPACT.name, b"v%d" % i, b"k%d" % (i % 5), partition=i % 2)
+    assert producer.flush(10) == 0
+    # acks=0 gets no answer: wait until the broker shows them, then commit a position.
+    deadline = time.monotonic() + 10
+    while len(read_all(broker.bootstrap, COMPACT)) < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    group = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "keeper"})
+    group.commit(offsets=[TopicPartition(COMPACT.name, 1, 77)], asynchronous=False)
+    group.close()
+    before = read_all(broker.bootstrap, COMPACT)
+    assert len(before) == 300
+    freeze_and_kill(broker)
+
+    broker = start(tmp_path, port)
+    try:
+        assert read_all(broker.bootstrap, COMPACT) == before
+        group = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "keeper"})
+        (committed,) = group.committed([TopicPartition(COMPACT.name, 1)], timeout=10)
+        group.close()
+        assert committed.offset == 77
+    finally:
+        broker.stop()
+
+
+def test_a_torn_journal_tail_loses_only_the_torn_write(tmp_path: Path) -> None:
+    port = free_port()
+    broker = start(tmp_path, port)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    for i in range(20):
+        producer.produce(TOPIC.name, b"v%d" % i, partition=0)
+        assert producer.flush(10) == 0  # one batch, one journal entry each
+    broker.stop()
+    segment = max((tmp_path / "broker-journal").glob("*.log"))
+    os.truncate(segment, segment.stat().st_size - 7)  # the last write, half on disk
+
+    broker = start(tmp_path, port)
+    try:
+        log = read_all(broker.bootstrap, TOPIC)
+        assert sorted(log.items()) == [((0, i), b"v%d" % i) for i in range(19)]
+        assert "cutting off a torn tail" in (tmp_path / "logs" / "journal.log").read_text()
+        landed: list[int] = []
+        producer = Producer({"bootstrap.servers": broker.bootstrap})
+        producer.produce(
+            TOPIC.name,
+            b"next",
+            partition=0,
+            on_delivery=lambda e, m: landed.append(m.offset() or 0),
+        )
+        assert producer.flush(10) == 0
+        assert landed == [19]
+    finally:
+        broker.stop()
