@@ -208,6 +208,13 @@ async def test_sink_inserts_dedups_commits_and_feeds_the_view(
         await sink.stop()
     # Every consumed message is committed: ledger (151 + 41), usage (4).
     assert await committed(bootstrap) == len(entries) + 41 + 4
+    # ... and ClickHouse knows how far its rows go (the start-up check compares it).
+    recorded = await scalar(
+        ch,
+        "SELECT sum(o) FROM (SELECT max(next_offset) AS o FROM sink_positions "
+        "GROUP BY topic, partition)",
+    )
+    assert recorded == len(entries) + 41 + 4
 
     # A restarted sink seeds its view from ClickHouse and reads nothing again.
     sink = ClickHouseSink(settings, ch)

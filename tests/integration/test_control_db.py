@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, func, select
 from apiworld import BACKENDS, database_url
 from streambill.control import db
 from streambill.control.access import Authenticator
-from streambill.control.models import Base, OutboxMessage
+from streambill.control.models import Base, OutboxMessage, StreamOffset
 from streambill.control.outbox import OutboxRelay
 from streambill.control.plane import ControlPlane
 from streambill.control.principal import Principal
@@ -53,9 +53,15 @@ class Recorder:
         self.sent: list[tuple[str, bytes, bytes]] = []
 
     async def send(
-        self, topic: str, records: Sequence[tuple[bytes, bytes]], timeout_s: float
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        timeout_s: float,
+        positions: dict[int, int] | None = None,
     ) -> None:
         self.sent += [(topic, key, value) for key, value in records]
+        if positions is not None:  # one partition, offsets in the order received
+            positions[0] = sum(1 for t, _k, _v in self.sent if t == topic)
 
 
 class Crash(Exception):
@@ -98,6 +104,16 @@ async def test_a_crash_between_publish_and_mark_repeats_in_order(url: str) -> No
             select(func.count()).where(OutboxMessage.published_at.is_(None))
         )
     assert left == 0
+    async with cp.sessions() as session:
+        kept = (
+            await session.execute(
+                select(StreamOffset.topic, StreamOffset.partition, StreamOffset.offset).where(
+                    StreamOffset.consumer == "outbox-relay"
+                )
+            )
+        ).all()
+    # How far the acknowledged messages go, kept with the mark (the crashed round kept none).
+    assert kept == [("billing.accounts.v1", 0, 30)]
     per_account: dict[str, list[int]] = {}
     for _topic, key, value in publisher.sent:
         per_account.setdefault(key.decode(), []).append(orjson.loads(value)["version"])

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -59,6 +60,7 @@ POLL_IDLE_MS: Final = 500
 STOP_TIMEOUT_S: Final = 15.0
 YIELD_EVERY: Final = 500
 _TABLE_COLUMNS: Final = {spec.table: spec.columns for spec in TABLE_SPECS.values()}
+_POSITION_COLUMNS: Final = ("topic", "partition", "next_offset", "updated_at")
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -265,6 +267,11 @@ class ClickHouseSink:
         for table, count in batch.duplicates.items():
             metrics.DUPLICATES_SKIPPED.labels(table).inc(count)
         batch.duplicates.clear()
+        # Where this flush's rows end, before the rows themselves: ClickHouse never holds a
+        # row from beyond its recorded position (the start-up check relies on it).
+        now = datetime.now(UTC)
+        positions = [(t, p, o, now) for (t, p), o in sorted(batch.next_offsets().items())]
+        await self._ch.insert("sink_positions", positions, _POSITION_COLUMNS)
         inserted = 0
         for table in _TABLE_ORDER:
             rows = tables.get(table)

@@ -231,18 +231,28 @@ class _Pending:
     """One ``send`` call: counts its records' deliveries down on the poll thread and resolves
     its future on the event loop (with the first error, or None when all are acknowledged)."""
 
-    __slots__ = ("done", "future", "loop", "remaining")
+    __slots__ = ("done", "future", "loop", "positions", "remaining")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        count: int,
+        positions: dict[int, int] | None = None,
+    ) -> None:
         self.loop = loop
         self.future: asyncio.Future[KafkaError | None] = loop.create_future()
         self.remaining = count
         self.done = False  # touched only by the thread that runs delivery callbacks
+        self.positions = positions  # partition -> next offset after the acknowledged records
 
-    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if self.done:
             return
         if err is None:
+            if self.positions is not None:
+                partition, offset = msg.partition() or 0, (msg.offset() or 0) + 1
+                if offset > self.positions.get(partition, 0):
+                    self.positions[partition] = offset
             self.remaining -= 1
             if self.remaining:
                 return
@@ -319,10 +329,16 @@ class UsageProducer:
         await self.send(topic, ((key, value),), timeout_s)
 
     async def send(
-        self, topic: str, records: Sequence[tuple[bytes, bytes]], timeout_s: float
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        timeout_s: float,
+        positions: dict[int, int] | None = None,
     ) -> None:
         """Produce ``(key, value)`` records; return once the broker acknowledged all of them.
 
+        ``positions``, when given, receives partition -> the next offset after this call's
+        records (the outbox relay keeps them to tell later whether the broker lost them).
         Raises :class:`BrokerUnavailable` on the first failed delivery, when the local queue
         stays full, or when ``timeout_s`` passes first.
         """
@@ -333,7 +349,7 @@ class UsageProducer:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        pending = _Pending(loop, len(records))
+        pending = _Pending(loop, len(records), positions)
         await self._produce_all(producer, topic, records, pending.on_delivery, deadline)
         try:
             async with asyncio.timeout_at(deadline):

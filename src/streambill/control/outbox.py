@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from streambill.control import leases
-from streambill.control.models import OutboxMessage, Tenant
+from streambill.control.models import OutboxMessage, StreamOffset, Tenant
 from streambill.streams.topics import ACCOUNTS
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,11 @@ FAILURES = Counter("streambill_outbox_failures_total", "Relay rounds that failed
 
 class Publisher(Protocol):
     async def send(
-        self, topic: str, records: Sequence[tuple[bytes, bytes]], timeout_s: float
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        timeout_s: float,
+        positions: dict[int, int] | None = None,
     ) -> None: ...
 
 
@@ -176,21 +180,23 @@ class OutboxRelay:
         if not rows:
             await self._prune()
             return False
-        await self._publish(rows)
+        positions = await self._publish(rows)
         ids = [row.id for row in rows]
         if self._before_mark is not None:
             await self._before_mark(ids)
+        now = self._clock()
         async with self._sessions.begin() as session:
             await session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(ids))
-                .values(published_at=self._clock())
+                update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(published_at=now)
             )
+            await _store_positions(session, positions, now)
         return len(rows) == BATCH_MAX
 
-    async def _publish(self, rows: Sequence[OutboxMessage]) -> None:
+    async def _publish(self, rows: Sequence[OutboxMessage]) -> dict[tuple[str, int], int]:
         """Consecutive rows of one topic go in one call; the calls run in row order, so a
-        key's messages (always on one topic) keep their order."""
+        key's messages (always on one topic) keep their order. Returns (topic, partition) ->
+        the next offset after the published rows."""
+        positions: dict[tuple[str, int], int] = {}
         start = 0
         while start < len(rows):
             topic = rows[start].topic
@@ -198,9 +204,14 @@ class OutboxRelay:
             while end < len(rows) and rows[end].topic == topic:
                 end += 1
             records = [(r.key.encode(), r.payload.encode()) for r in rows[start:end]]
-            await self._publisher.send(topic, records, PUBLISH_TIMEOUT_S)
+            acknowledged: dict[int, int] = {}
+            await self._publisher.send(topic, records, PUBLISH_TIMEOUT_S, acknowledged)
+            for partition, offset in acknowledged.items():
+                key = (topic, partition)
+                positions[key] = max(positions.get(key, 0), offset)
             PUBLISHED.labels(topic).inc(len(records))
             start = end
+        return positions
 
     async def _acquire(self) -> bool:
         return await leases.acquire(
@@ -222,3 +233,28 @@ class OutboxRelay:
                     OutboxMessage.published_at.is_not(None), OutboxMessage.published_at < cutoff
                 )
             )
+
+
+POSITIONS_CONSUMER: Final = "outbox-relay"
+
+
+async def _store_positions(
+    session: SqlSession, positions: dict[tuple[str, int], int], now: datetime
+) -> None:
+    """Keep how far the relay's acknowledged messages go in each partition (``stream_offsets``
+    under ``outbox-relay``), in the transaction that marks them published: a start compares
+    them with the broker (``streambill/consistency.py``)."""
+    for (topic, partition), offset in positions.items():
+        row = await session.get(StreamOffset, (POSITIONS_CONSUMER, topic, partition))
+        if row is None:
+            session.add(
+                StreamOffset(
+                    consumer=POSITIONS_CONSUMER,
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                    updated_at=now,
+                )
+            )
+        elif offset > row.offset:
+            row.offset, row.updated_at = offset, now
