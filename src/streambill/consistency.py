@@ -179,24 +179,32 @@ def clickhouse_positions_isolated(dsn: str, timeout_s: float = 120.0) -> list[Po
     return [Position(*row) for row in orjson.loads(done.stdout)]
 
 
-def check_stack(bootstrap: str, database_url: str, clickhouse_dsn: str) -> int:
+def check_stack(
+    bootstrap: str, database_url: str, clickhouse_dsn: str, data_dir: str = "<data dir>"
+) -> int:
     """Raise :class:`StoreAheadOfBroker` when a store is ahead; return how many positions
     were compared."""
     positions = control_positions(database_url) + clickhouse_positions_isolated(clickhouse_dsn)
     ends = broker_ends(bootstrap, {p.topic for p in positions})
     ahead = ahead_of(positions, ends)
     if ahead:
-        stores = sorted({a.position.store for a in ahead})
-        lines = "\n".join(f"  - {a.describe()}" for a in ahead[:20])
-        more = f"\n  … and {len(ahead) - 20} more" if len(ahead) > 20 else ""
+        by_store: dict[str, list[Ahead]] = {}
+        for item in ahead:
+            by_store.setdefault(item.position.store, []).append(item)
+        stores = sorted(by_store)
+        lines = "\n".join(
+            f"  - {max(items, key=lambda a: a.position.next_offset - a.broker_end).describe()}"
+            + (f" (and {len(items) - 1} more partitions)" if len(items) > 1 else "")
+            for _store, items in sorted(by_store.items())
+        )
         raise StoreAheadOfBroker(
             f"the broker is behind {', '.join(stores)}: it lost records it had "
             f"acknowledged (its journal was removed, damaged or restored from an older "
-            f"backup).\n{lines}{more}\n"
+            f"backup).\n{lines}\n"
             f"Starting would roll balances back beneath the newer ledger. To fix it, either "
             f"restore the data dir's broker-journal/ from the backup taken together with "
             f"these stores, or keep this data dir aside and start afresh:\n"
-            f"  mv <data dir> <data dir>.behind && make up"
+            f"  mv {data_dir} {data_dir}.behind && make up"
         )
     log.info("stores checked against the broker: %d positions, none ahead", len(positions))
     return len(positions)

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     # to <data_dir>/broker-journal and replays it at start (broker/proxy.py); s3: Tansu's own
     # engine on localbucket (every write kept, slow reads); memory: nothing kept.
     broker_storage: Literal["durable", "memory", "s3"] = "durable"
+    # durable: how long the journal keeps records of topics without their own retention.ms
+    # (compacted topics keep each key's latest record), and how much journal is written
+    # between two compactions (broker/compaction.py).
+    broker_retention_hours: float = Field(default=24.0, gt=0)
+    broker_compact_mib: float = Field(default=256.0, gt=0)
     topic_partitions: int = Field(default=8, ge=1, le=256)
     clickhouse_url: str | None = None
     database_url: str | None = None

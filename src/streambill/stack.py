@@ -139,7 +139,9 @@ def _run(stack: _Stack, workers: int, stop: StopRequest) -> int:
     # (Not on Tansu's s3 engine: after a restart it reports every end offset as 1 until the
     # partition is written to, docs/architecture.md.)
     if not (stack.broker is not None and settings.broker_storage == "s3"):
-        consistency.check_stack(bootstrap, settings.control_db_url, settings.clickhouse_dsn)
+        consistency.check_stack(
+            bootstrap, settings.control_db_url, settings.clickhouse_dsn, str(stack.data_dir)
+        )
     env = child_env(settings, stack.data_dir, bootstrap, admin_key)
     targets: dict[str, tuple[ChildProcess, str]] = {}
     for index in range(workers):

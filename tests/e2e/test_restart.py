@@ -187,3 +187,22 @@ def test_contract_events_from_kafka_restart_keeps_every_balance(tmp_path: Path) 
     except BaseException:
         up.proc.kill()
         raise
+
+    # The broker's journal lost (moved away): the stores are ahead of an empty broker, and
+    # `up` refuses to start rather than roll every balance back.
+    (data_dir / "broker-journal").rename(tmp_path / "journal-aside")
+    worker_log = data_dir / "logs" / "worker-0.log"
+    starts = worker_log.read_text().count(" start: ")
+    refused = subprocess.run(
+        [sys.executable, "-m", "streambill.cli", "up"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    said = refused.stdout + refused.stderr
+    assert "the broker is behind ClickHouse, " in said, said[-3000:]
+    assert "  - ClickHouse: billing." in said and f"mv {data_dir.resolve()} " in said
+    assert worker_log.read_text().count(" start: ") == starts, "nothing started"

@@ -253,3 +253,97 @@ def test_a_torn_journal_tail_loses_only_the_torn_write(tmp_path: Path) -> None:
         assert landed == [19]
     finally:
         broker.stop()
+
+
+def test_compaction_keeps_offsets_latest_keys_and_young_records(tmp_path: Path) -> None:
+    from streambill.broker.compaction import DAY_MS, Retention, compact
+    from streambill.broker.journal import Journal
+
+    port = free_port()
+    broker = start(tmp_path, port)
+    now_ms = int(time.time() * 1000)
+    old_ms = now_ms - 3 * DAY_MS
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    for i in range(40):  # 8 versions of 5 keys, the old half three days ago
+        ts = old_ms if i < 20 else now_ms
+        producer.produce(COMPACT.name, b"v%d" % i, b"k%d" % (i % 5), partition=0, timestamp=ts)
+        producer.produce(TOPIC.name, b"u%d" % i, b"x", partition=0, timestamp=ts)
+        assert producer.flush(10) == 0
+    producer.produce(COMPACT.name, None, b"k0", partition=0, timestamp=now_ms)  # a young delete
+    assert producer.flush(10) == 0
+    group = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "keeper"})
+    group.commit(offsets=[TopicPartition(TOPIC.name, 0, 33)], asynchronous=False)
+    group.close()
+    broker.stop()
+
+    journal = Journal.open(tmp_path / "broker-journal")
+    before = journal.size_bytes
+    stats = compact(journal, Retention(default_ms=DAY_MS), now_ms)
+    journal.close()
+    assert stats.records_before == 81 and stats.records_after == 5 + 20
+    assert journal.size_bytes < before
+    assert [p.name[:11] for p in journal.paths()] == ["checkpoint-", "00000000000"]
+
+    broker = start(tmp_path, port)
+    try:
+        compacted = read_all(broker.bootstrap, COMPACT)
+        # k1..k4's latest (offsets 36..39) and k0's delete (40), at their offsets.
+        assert sorted(compacted) == [(0, 36), (0, 37), (0, 38), (0, 39), (0, 40)]
+        assert compacted[(0, 39)] == b"v39"
+        usage = read_all(broker.bootstrap, TOPIC)
+        assert sorted(usage) == [(0, o) for o in range(20, 40)]  # the young half
+        group = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "keeper"})
+        (committed,) = group.committed([TopicPartition(TOPIC.name, 0)], timeout=10)
+        group.close()
+        assert committed.offset == 33
+        landed: list[int] = []
+        producer = Producer({"bootstrap.servers": broker.bootstrap})
+        producer.produce(
+            TOPIC.name,
+            b"next",
+            partition=0,
+            on_delivery=lambda e, m: landed.append(m.offset() or 0),
+        )
+        assert producer.flush(10) == 0
+        assert landed == [40]
+    finally:
+        broker.stop()
+
+
+def test_the_running_broker_compacts_and_a_kill_after_it_loses_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    broker = EmbeddedBroker(
+        tmp_path, port=port, storage="durable", compact_mib=0.05, compact_check_s=0.2
+    )
+    broker.start()
+    ensure_topics(broker.bootstrap, [TOPIC, COMPACT], timeout_s=30)
+    acked: list[Record] = []
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1})
+
+    def delivered(err: object, msg: object) -> None:
+        if err is None:
+            acked.append((msg.partition(), msg.offset(), msg.value()))  # type: ignore[attr-defined]
+
+    journal_log = tmp_path / "logs" / "journal.log"
+    deadline = time.monotonic() + 30
+    i = 0
+    while "broker journal compacted" not in journal_log.read_text():
+        assert time.monotonic() < deadline, "no compaction within 30 s"
+        for _ in range(200):
+            producer.produce(TOPIC.name, b"c%d" % i, b"k%d" % (i % 7), on_delivery=delivered)
+            i += 1
+        producer.flush(10)
+    for _ in range(500):  # and more after it
+        producer.produce(TOPIC.name, b"c%d" % i, b"k%d" % (i % 7), on_delivery=delivered)
+        i += 1
+    assert producer.flush(10) == 0
+    assert list((tmp_path / "broker-journal").glob("checkpoint-*.log"))
+    freeze_and_kill(broker)
+
+    broker = start(tmp_path, port)
+    try:
+        log = read_all(broker.bootstrap, TOPIC)
+        assert [r for r in acked if log.get((r[0], r[1])) != r[2]] == []
+        print(f"{len(acked)} acknowledged, all back after a compaction and a kill")
+    finally:
+        broker.stop()

@@ -64,7 +64,13 @@ class EmbeddedBroker:
         storage: Storage = "durable",
         bucket_port: int = 0,
         host: str = "127.0.0.1",
+        retention_hours: float = 24.0,
+        compact_mib: float = 256.0,
+        compact_check_s: float = 30.0,
     ) -> None:
+        self.compact_check_s = compact_check_s
+        self.retention_hours = retention_hours
+        self.compact_mib = compact_mib
         self.data_dir = data_dir.resolve()
         self.port = port
         self.storage: Storage = storage
@@ -84,6 +90,8 @@ class EmbeddedBroker:
             port=settings.broker_port,
             storage=settings.broker_storage,
             bucket_port=settings.bucket_port,
+            retention_hours=settings.broker_retention_hours,
+            compact_mib=settings.broker_compact_mib,
         )
 
     @property
@@ -187,6 +195,12 @@ class EmbeddedBroker:
             f"{self.host}:{tansu_port}",
             "--listen",
             f"{self.host}:{self.port}",
+            "--retention-hours",
+            str(self.retention_hours),
+            "--compact-mib",
+            str(self.compact_mib),
+            "--compact-check-s",
+            str(self.compact_check_s),
         ]
 
     def _broker_argv(self, engine: str, port: int) -> list[str]:

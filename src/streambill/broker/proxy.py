@@ -38,6 +38,7 @@ from typing import Final
 
 from streambill.broker import journal as jr
 from streambill.broker import wire
+from streambill.broker.compaction import Retention, compact
 from streambill.broker.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 _SIZE: Final = struct.Struct(">i")
 _MAX_FRAME: Final = 256 * 1024 * 1024
 READY_LINE: Final = "journal proxy listening"
+COMPACT_BYTES: Final = 256 * 2**20
+COMPACT_CHECK_S: Final = 30.0
 
 
 class _GroupCommit:
@@ -54,7 +57,7 @@ class _GroupCommit:
         self.journal = journal
         self._pending: list[tuple[list[bytes], asyncio.Future[None]]] = []
         self._writing = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._failed = on_failure
 
     def submit(self, payloads: list[bytes]) -> asyncio.Future[None]:
@@ -73,7 +76,7 @@ class _GroupCommit:
                 batch, self._pending = self._pending, []
                 payloads = [p for ps, _ in batch for p in ps]
                 try:
-                    await loop.run_in_executor(self._executor, self.journal.append, payloads)
+                    await loop.run_in_executor(self.executor, self.journal.append, payloads)
                 except Exception as exc:
                     log.exception("writing the broker journal failed; stopping the broker")
                     self._failed.set()
@@ -88,7 +91,7 @@ class _GroupCommit:
             self._writing = False
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self.executor.shutdown(wait=True)
         self.journal.close()
 
 
@@ -114,8 +117,20 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes:
 class JournalProxy:
     """Serve Kafka clients on ``listen``, forwarding to Tansu at ``upstream``."""
 
-    def __init__(self, journal: Journal, upstream: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        upstream: tuple[str, int],
+        retention: Retention | None = None,
+        compact_bytes: int = COMPACT_BYTES,
+        compact_check_s: float = COMPACT_CHECK_S,
+    ) -> None:
+        self.compact_check_s = compact_check_s
         self.upstream = upstream
+        self.journal = journal
+        self.retention = retention or Retention()
+        self.compact_bytes = compact_bytes
+        self.compactions = 0
         self.failed = asyncio.Event()
         self._commit = _GroupCommit(journal, self.failed)
         self._inflight: set[asyncio.Future[None]] = set()
@@ -127,9 +142,11 @@ class JournalProxy:
         server = await asyncio.start_server(self._accept, host, port, backlog=512)
         print(f"{READY_LINE} on {host}:{port}", flush=True)
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.failed.wait())]
+        compactor = asyncio.create_task(self._compact_when_due())
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            compactor.cancel()
             for wait in waits:
                 wait.cancel()
             server.close()
@@ -140,6 +157,24 @@ class JournalProxy:
             self._commit.close()
         if self.failed.is_set():
             raise SystemExit(1)
+
+    async def _compact_when_due(self) -> None:
+        """Compact the journal whenever its segments since the checkpoint pass
+        ``compact_bytes``: its size (and a start's replay) then follows the retention."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.compact_check_s)
+            journal = self.journal
+            segments = sum(p.stat().st_size for p in journal.paths() if p.name[0].isdigit())
+            if segments < self.compact_bytes:
+                continue
+            try:
+                # The roll runs on the journal thread, between two appends.
+                below = await loop.run_in_executor(self._commit.executor, journal.roll)
+                await asyncio.to_thread(compact, journal, self.retention, below=below)
+                self.compactions += 1
+            except Exception:
+                log.exception("compacting the broker journal failed; it keeps growing")
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -339,6 +374,10 @@ async def _main(args: argparse.Namespace) -> None:
 
     journal = Journal.open(Path(args.journal))
     upstream_host, _, upstream_port = args.upstream.rpartition(":")
+    retention = Retention(default_ms=int(args.retention_hours * 3600 * 1000))
+    compact_bytes = int(args.compact_mib * 2**20)
+    if sum(p.stat().st_size for p in journal.paths() if p.name[0].isdigit()) >= compact_bytes:
+        await asyncio.to_thread(compact, journal, retention)  # a shorter replay, now and later
     restored = await asyncio.to_thread(replay, journal, args.upstream)
     log.info(
         "broker restored from its journal: %d records in %d partitions, %d group offsets",
@@ -350,7 +389,9 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    proxy = JournalProxy(journal, (upstream_host, int(upstream_port)))
+    proxy = JournalProxy(
+        journal, (upstream_host, int(upstream_port)), retention, compact_bytes, args.compact_check_s
+    )
     listen_host, _, listen_port = args.listen.rpartition(":")
     await proxy.serve(listen_host, int(listen_port), stop)
     log.info("journal proxy stopped after %d requests", proxy.requests)
@@ -361,6 +402,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--journal", required=True, help="the journal's directory")
     parser.add_argument("--upstream", required=True, help="Tansu's host:port")
     parser.add_argument("--listen", required=True, help="host:port for Kafka clients")
+    parser.add_argument(
+        "--retention-hours",
+        type=float,
+        default=24.0,
+        help="how long records of topics without their own retention.ms are kept",
+    )
+    parser.add_argument(
+        "--compact-mib",
+        type=float,
+        default=COMPACT_BYTES / 2**20,
+        help="compact the journal once this much was written since the last compaction",
+    )
+    parser.add_argument(
+        "--compact-check-s",
+        type=float,
+        default=COMPACT_CHECK_S,
+        help="how often to look whether a compaction is due",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,

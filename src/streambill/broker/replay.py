@@ -59,7 +59,7 @@ class Restored:
 
 
 @dataclass(frozen=True, slots=True)
-class _Record:
+class Record:
     offset: int
     timestamp: int
     key: bytes | None
@@ -68,7 +68,7 @@ class _Record:
 
 
 @dataclass(frozen=True, slots=True)
-class _Raw:
+class RawBatch:
     """A batch kept as it was (a codec we cannot decode)."""
 
     offset: int  # its base offset in the old log
@@ -131,7 +131,7 @@ def _create_topics(
             raise ReplayError(f"creating topic {name} failed with Kafka error {error_code}")
 
 
-def _records(entries: list[BatchesEntry]) -> Iterator[_Record | _Raw]:
+def decode_records(entries: list[BatchesEntry]) -> Iterator[Record | RawBatch]:
     """The partition's records in offset order, each with its absolute offset."""
     last = -1
     for entry in sorted(entries, key=lambda e: e.base_offset):
@@ -147,13 +147,13 @@ def _records(entries: list[BatchesEntry]) -> Iterator[_Record | _Raw]:
             try:
                 batch = DefaultRecordBatch(bytes(raw))
                 decoded = [
-                    _Record(base + rec.offset, rec.timestamp, rec.key, rec.value, rec.headers)
+                    Record(base + rec.offset, rec.timestamp, rec.key, rec.value, rec.headers)
                     for rec in batch
                 ]
             except Exception as exc:  # an unsupported codec
                 if base <= last:
                     raise ReplayError(f"cannot decode a batch that overlaps: {exc}") from exc
-                yield _Raw(base, base + span - 1, bytes(raw))
+                yield RawBatch(base, base + span - 1, bytes(raw))
                 last = base + span - 1
                 base += span
                 continue
@@ -168,12 +168,12 @@ def _replay_partition(
     connection: _Connection, topic: str, partition: int, entries: list[BatchesEntry]
 ) -> tuple[int, int]:
     """Produce the partition back; returns (record count, end offset)."""
-    items = list(_records(entries))
+    items = list(decode_records(entries))
     if not items:
         return 0, 0
     end = 0  # the partition's end in Tansu as the replay proceeds
     count = 0
-    pending: list[_Record] = []
+    pending: list[Record] = []
     size = 0
     expected: list[tuple[int, int]] = []  # (base, next end) per request, to verify
 
@@ -202,7 +202,7 @@ def _replay_partition(
 
     final = items[-1]
     for item in items:
-        if isinstance(item, _Raw):
+        if isinstance(item, RawBatch):
             flush(stretch_to=item.offset - 1 if item.offset > end else None)
             if item.offset != end:
                 raise ReplayError(f"{topic}[{partition}]: a kept batch at {item.offset}, end {end}")
