@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -345,5 +346,75 @@ def test_the_running_broker_compacts_and_a_kill_after_it_loses_nothing(tmp_path:
         log = read_all(broker.bootstrap, TOPIC)
         assert [r for r in acked if log.get((r[0], r[1])) != r[2]] == []
         print(f"{len(acked)} acknowledged, all back after a compaction and a kill")
+    finally:
+        broker.stop()
+
+
+def test_rotations_keep_producers_groups_and_offsets(tmp_path: Path) -> None:
+    """The proxy swaps its data Tansu for a fresh one while an idempotent producer and a
+    consumer group keep going: no record lost or moved, the group never rebalanced."""
+    port = free_port()
+    broker = EmbeddedBroker(
+        tmp_path, port=port, storage="durable", compact_check_s=0.2, rotate_batches=300
+    )
+    broker.start()
+    ensure_topics(broker.bootstrap, [TOPIC], timeout_s=30)
+    acked: list[Record] = []
+    errors: list[str] = []
+    producer = Producer(
+        {"bootstrap.servers": broker.bootstrap, "enable.idempotence": True, "linger.ms": 0}
+    )
+
+    def delivered(err: object, msg: object) -> None:
+        if err is None:
+            acked.append((msg.partition(), msg.offset(), msg.value()))  # type: ignore[attr-defined]
+        else:
+            errors.append(str(err))
+
+    assignments: list[int] = []
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": "rotating",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "error_cb": lambda err: errors.append(str(err)) if err.fatal() else None,
+        }
+    )
+    consumer.subscribe([TOPIC.name], on_assign=lambda c, ps: assignments.append(len(ps)))
+    seen: dict[tuple[int, int], bytes] = {}
+    journal_log = tmp_path / "logs" / "journal.log"
+    deadline = time.monotonic() + 90
+    i = 0
+    try:
+        while journal_log.read_text().count("data broker rotated") < 3:
+            assert time.monotonic() < deadline, "fewer than 3 rotations in 90 s"
+            for _ in range(20):
+                producer.produce(TOPIC.name, b"r%d" % i, b"k%d" % (i % 11), on_delivery=delivered)
+                i += 1
+            producer.poll(0)
+            for m in consumer.consume(500, 0.01):
+                if m.error() is None:
+                    seen[(m.partition() or 0, m.offset() or 0)] = m.value() or b""
+        assert producer.flush(30) == 0
+        end = time.monotonic() + 30
+        while len(seen) < len(acked) and time.monotonic() < end:
+            for m in consumer.consume(1000, 0.1):
+                if m.error() is None:
+                    seen[(m.partition() or 0, m.offset() or 0)] = m.value() or b""
+    finally:
+        consumer.close()
+    rotated = journal_log.read_text().count("data broker rotated")
+    print(f"{len(acked)} acknowledged through {rotated} rotations; assignments {assignments}")
+    assert errors == []
+    assert [r for r in acked if seen.get((r[0], r[1])) != r[2]] == []
+    assert len(assignments) == 1, "the group rebalanced at a rotation"
+    pauses = [int(p) for p in re.findall(r"clients paused (\d+) ms", journal_log.read_text())]
+    assert len(pauses) >= 3
+    freeze_and_kill(broker)
+    broker = start(tmp_path, port)
+    try:
+        log = read_all(broker.bootstrap, TOPIC)
+        assert [r for r in acked if log.get((r[0], r[1])) != r[2]] == []
     finally:
         broker.stop()

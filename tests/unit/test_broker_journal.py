@@ -97,7 +97,9 @@ def test_produce_requests_decode_in_every_encoding() -> None:
     assert (header.api_key, header.api_version, header.correlation_id) == (wire.PRODUCE, 7, 7)
     request = wire.produce_request(frame, header)
     assert request.acks == 0
-    assert request.partitions == [wire.ProducedPartition("topic", 3, records)]
+    (part,) = request.partitions
+    assert (part.topic, part.partition, part.records) == ("topic", 3, records)
+    assert frame[part.at : part.at + len(records)] == records
     patched = bytearray(frame)
     wire.patch_acks(patched, header, 1)
     assert wire.produce_request(bytes(patched), header).acks == 1
@@ -113,3 +115,18 @@ def test_a_rewritten_batch_keeps_its_records_under_a_new_crc() -> None:
     assert (header.producer_id, header.record_count) == (-1, 2)
     assert wire.batch_crc_ok(stripped)
     assert stripped[61:] == original[61:]
+
+
+def test_producer_ids_are_stripped_in_place_and_the_batches_still_check() -> None:
+    first, second = batch([b"a", b"b"], pid=9), batch([b"c"], pid=9)
+    frame = bytearray(wire.produce_frame(1, "c", "topic", 0, first + second))
+    header = wire.request_header(frame)
+    request = wire.produce_request(bytes(frame), header)
+    wire.strip_producer(frame, request)
+    (part,) = wire.produce_request(bytes(frame), header).partitions
+    batches = list(wire.batches(part.records))
+    assert [(h.producer_id, h.base_sequence, h.record_count) for h, _ in batches] == [
+        (-1, -1, 2),
+        (-1, -1, 1),
+    ]
+    assert all(wire.batch_crc_ok(raw) for _, raw in batches)

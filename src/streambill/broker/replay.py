@@ -56,6 +56,7 @@ class Restored:
     records: int = 0
     commits: int = 0
     ends: dict[tuple[str, int], int] = field(default_factory=dict)
+    topics: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,30 +77,53 @@ class RawBatch:
     batch: bytes
 
 
-def replay(journal: Journal, upstream: str, timeout_s: float = 60.0) -> Restored:
-    """Restore topics, records and committed offsets from ``journal`` into ``upstream``."""
+def replay(
+    journal: Journal,
+    upstream: str,
+    timeout_s: float = 60.0,
+    *,
+    below: int | None = None,
+    start: int | None = None,
+    ends: dict[tuple[str, int], int] | None = None,
+    coordinator: str | None = None,
+    commits: bool = True,
+) -> Restored:
+    """Restore topics, records and committed offsets from ``journal`` into ``upstream``.
+
+    ``below``/``start`` pick the journal's part (:meth:`Journal.entries`); ``ends`` are the
+    partitions' ends in ``upstream`` already (a second replay continues where the first
+    stopped). Committed offsets go to ``coordinator`` (the groups' Tansu) when given, else to
+    ``upstream``, and topics to both."""
     started = time.monotonic()
     topics: dict[str, TopicEntry] = {}
     partitions: dict[tuple[str, int], list[BatchesEntry]] = defaultdict(list)
-    commits: dict[tuple[str, str, int], CommitEntry] = {}
-    for entry in journal.entries():
+    offsets: dict[tuple[str, str, int], CommitEntry] = {}
+    for entry in journal.entries(below, start):
         if isinstance(entry, BatchesEntry):
             partitions[(entry.topic, entry.partition)].append(entry)
         elif isinstance(entry, CommitEntry):
-            commits[(entry.group, entry.topic, entry.partition)] = entry
+            offsets[(entry.group, entry.topic, entry.partition)] = entry
         else:
             topics[entry.name] = entry
-    restored = Restored()
-    if not topics and not partitions and not commits:
+    restored = Restored(ends=dict(ends or {}))
+    if not topics and not partitions and not offsets:
         return restored
     # Raw requests only: Tansu advertises the proxy's address, which listens after this.
     with _Connection(upstream, timeout_s) as connection:
         _create_topics(connection, topics, partitions)
         for (topic, partition), entries in sorted(partitions.items()):
-            count, end = _replay_partition(connection, topic, partition, entries)
+            at = restored.ends.get((topic, partition), 0)
+            count, end = _replay_partition(connection, topic, partition, entries, at)
             restored.records += count
             restored.ends[(topic, partition)] = end
-        restored.commits = _commit(connection, commits.values())
+        if commits and coordinator is None:
+            restored.commits = _commit(connection, offsets.values())
+    restored.topics = set(topics) | {topic for topic, _p in partitions}
+    if coordinator is not None:
+        with _Connection(coordinator, timeout_s) as connection:
+            _create_topics(connection, topics, partitions)
+            if commits:
+                restored.commits = _commit(connection, offsets.values())
     log.info(
         "replayed %d records of %d partitions and %d offsets in %.1f s",
         restored.records,
@@ -165,13 +189,17 @@ def decode_records(entries: list[BatchesEntry]) -> Iterator[Record | RawBatch]:
 
 
 def _replay_partition(
-    connection: _Connection, topic: str, partition: int, entries: list[BatchesEntry]
+    connection: _Connection,
+    topic: str,
+    partition: int,
+    entries: list[BatchesEntry],
+    at: int = 0,
 ) -> tuple[int, int]:
-    """Produce the partition back; returns (record count, end offset)."""
-    items = list(decode_records(entries))
+    """Produce the partition back onto its end ``at``; returns (record count, new end)."""
+    items = [i for i in decode_records(entries) if i.offset >= at]
     if not items:
-        return 0, 0
-    end = 0  # the partition's end in Tansu as the replay proceeds
+        return 0, at
+    end = at  # the partition's end in Tansu as the replay proceeds
     count = 0
     pending: list[Record] = []
     size = 0

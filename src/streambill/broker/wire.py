@@ -193,7 +193,7 @@ class RequestHeader:
     body_at: int  # where the request body starts in the frame
 
 
-def request_header(frame: bytes | memoryview) -> RequestHeader:
+def request_header(frame: bytes | bytearray | memoryview) -> RequestHeader:
     """Decode a request's header (v1, or v2 with tagged fields for flexible versions)."""
     r = Reader(frame)
     api_key, api_version, correlation_id = r.i16(), r.i16(), r.i32()
@@ -226,6 +226,7 @@ class ProducedPartition:
     topic: str
     partition: int
     records: bytes  # one or more record batches, as sent
+    at: int = 0  # where ``records`` starts in the request frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,10 +247,13 @@ def produce_request(frame: bytes | memoryview, header: RequestHeader) -> Produce
         topic = r.string(compact)
         for _ in range(r.array_len(compact)):
             index = r.i32()
-            records = r.nullable_bytes(compact)
+            size = r.uvarint() - 1 if compact else r.i32()
+            at = r.pos
+            records = bytes(r.buf[at : at + size]) if size > 0 else b""
+            r.skip(max(size, 0))
             r.skip_tags(compact)
-            if records is not None and len(records):
-                partitions.append(ProducedPartition(topic, index, bytes(records)))
+            if records:
+                partitions.append(ProducedPartition(topic, index, records, at))
         r.skip_tags(compact)
     return ProduceRequest(acks, txn, partitions)
 
@@ -433,6 +437,24 @@ def batches(records: bytes | memoryview) -> Iterator[tuple[BatchHeader, memoryvi
             raise WireError("truncated record batch")
         yield header, view[pos:end]
         pos = end
+
+
+def strip_producer(frame: bytearray, produce: ProduceRequest) -> None:
+    """Clear the producer id, epoch and sequence of every batch of a Produce request, in
+    place, with new CRCs: the broker then takes them as plain batches (the proxy keeps
+    producer ids away from the Tansu it may replace)."""
+    for part in produce.partitions:
+        pos = part.at
+        end = part.at + len(part.records)
+        while pos < end:
+            fields = list(BATCH_HEADER.unpack_from(frame, pos))
+            size = 12 + fields[1]
+            if fields[9] != -1:
+                fields[9], fields[10], fields[11] = -1, -1, -1
+                BATCH_HEADER.pack_into(frame, pos, *fields)
+                crc = calc_crc32c(bytes(frame[pos + _CRC_FROM : pos + size]))
+                _U32.pack_into(frame, pos + 17, crc)
+            pos += size
 
 
 def batch_crc_ok(batch: bytes | memoryview) -> bool:
