@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     # between two compactions (broker/compaction.py).
     broker_retention_hours: float = Field(default=24.0, gt=0)
     broker_compact_mib: float = Field(default=256.0, gt=0)
+    # durable: the proxy moves the records to a fresh (compacted) data Tansu once a partition
+    # got this many record batches, or at a compaction: Tansu's memory and read cost (which
+    # grows with a partition's batches) then follow retention, not age.
+    broker_rotate_batches: int = Field(default=2_000, ge=10)
     topic_partitions: int = Field(default=8, ge=1, le=256)
     clickhouse_url: str | None = None
     database_url: str | None = None

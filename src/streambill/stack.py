@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 READY_LINE = "streambill is ready"
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
+BROKER_LOST_STOP_S = 5.0
 TOPICS_TIMEOUT_S = 60.0
 MONITOR_INTERVAL_S = 0.5
 ADMIN_KEY_FILE = "admin_api_key"
@@ -75,6 +76,7 @@ class _Stack:
     ml: ChildProcess | None = None
     api: ChildProcess | None = None
     demo: ChildProcess | None = None
+    broker_lost: bool = False  # the children cannot finish what waits for the broker
 
     @property
     def run_dir(self) -> Path:
@@ -299,6 +301,7 @@ def _supervise(stack: _Stack, stop: StopRequest) -> int:
                 stack.broker.check()
             except StreambillError as exc:
                 log.error("the broker died; stopping the stack: %s", exc.message)
+                stack.broker_lost = True
                 return 1
         for child in essential:
             code = child.poll()
@@ -314,16 +317,21 @@ def _supervise(stack: _Stack, stop: StopRequest) -> int:
 
 
 def _shutdown(stack: _Stack) -> bool:
-    """Stop in order: demo, api, workers, broker, object store. True when all were clean."""
+    """Stop in order: demo, api, workers, broker, object store. True when all were clean.
+
+    With the broker gone, a child's clean stop would wait out its Kafka timeouts (a minute)
+    for publishes that cannot finish; what they had acknowledged is in the broker's journal
+    already, so they get BROKER_LOST_STOP_S before they are killed."""
     clean = True
+    timeout_s = BROKER_LOST_STOP_S if stack.broker_lost else STOP_TIMEOUT_S
     for child in (stack.demo, stack.api):
         if child is not None:
-            clean = child.stop(STOP_TIMEOUT_S) and clean
+            clean = child.stop(timeout_s) and clean
     # Workers stop in parallel (each hands back its partitions), the ml process with them.
     stopping = [*stack.workers, *([stack.ml] if stack.ml is not None else [])]
     for worker in stopping:
         worker.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     for worker in stopping:
         clean = worker.finish(deadline) and clean
     # Nothing to save: the journal proxy synced every acknowledged write as it happened.

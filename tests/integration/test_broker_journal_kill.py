@@ -355,7 +355,7 @@ def test_rotations_keep_producers_groups_and_offsets(tmp_path: Path) -> None:
     consumer group keep going: no record lost or moved, the group never rebalanced."""
     port = free_port()
     broker = EmbeddedBroker(
-        tmp_path, port=port, storage="durable", compact_check_s=0.2, rotate_batches=300
+        tmp_path, port=port, storage="durable", compact_check_s=0.2, rotate_batches=100
     )
     broker.start()
     ensure_topics(broker.bootstrap, [TOPIC], timeout_s=30)

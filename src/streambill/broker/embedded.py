@@ -69,7 +69,7 @@ class EmbeddedBroker:
         retention_hours: float = 24.0,
         compact_mib: float = 256.0,
         compact_check_s: float = 30.0,
-        rotate_batches: int = 100_000,
+        rotate_batches: int = 2_000,
     ) -> None:
         self.compact_check_s = compact_check_s
         self.rotate_batches = rotate_batches
@@ -96,6 +96,7 @@ class EmbeddedBroker:
             bucket_port=settings.bucket_port,
             retention_hours=settings.broker_retention_hours,
             compact_mib=settings.broker_compact_mib,
+            rotate_batches=settings.broker_rotate_batches,
         )
 
     @property
