@@ -130,3 +130,23 @@ def test_producer_ids_are_stripped_in_place_and_the_batches_still_check() -> Non
         (-1, -1, 1),
     ]
     assert all(wire.batch_crc_ok(raw) for _, raw in batches)
+
+
+def test_a_compaction_killed_half_way_leaves_the_journal_as_it_was(tmp_path: Path) -> None:
+    """A checkpoint being written (.tmp), or renamed without its trailer, is dropped; one
+    that is complete stands for the segments below its number, which are then removed."""
+    fill(tmp_path, 4)
+    (tmp_path / "checkpoint-00000000000000000002.tmp").write_bytes(b"half")
+    torn = tmp_path / "checkpoint-00000000000000000002.log"
+    torn.write_bytes(jr.frame(jr.encode_commit("g", "t", 0, 1, None)))  # no trailer
+    journal = Journal.open(tmp_path)
+    assert len(list(journal.entries())) == 4
+    assert not torn.exists() and not list(tmp_path.glob("*.tmp"))
+
+    below = journal.roll()
+    journal.install_checkpoint(below, [jr.encode_commit("g", "t", 0, 9, None)])
+    journal.append([jr.encode_commit("g", "t", 0, 10, None)])
+    journal.close()
+    reopened = Journal.open(tmp_path)
+    assert [e.offset for e in reopened.entries() if isinstance(e, CommitEntry)] == [9, 10]
+    assert [p.name[:6] for p in reopened.paths()] == ["checkp", "000000"]

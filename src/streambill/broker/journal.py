@@ -158,22 +158,12 @@ def batches_key(payload: bytes | memoryview) -> tuple[str, int]:
 
 def _read_frames(data: bytes) -> tuple[list[memoryview], int]:
     """The whole frames at the start of ``data`` and where the first bad one starts."""
-    view = memoryview(data)
     frames = []
-    pos = 0
-    while pos < len(view):
-        if len(view) - pos < _FRAME.size:
-            break
-        size, crc = _FRAME.unpack_from(view, pos)
-        end = pos + _FRAME.size + size
-        if size > _MAX_ENTRY or end > len(view):
-            break
-        payload = view[pos + _FRAME.size : end]
-        if calc_crc32c(payload) != crc:
-            break
+    good = 0
+    for position, payload in frames_with_positions(data):
         frames.append(payload)
-        pos = end
-    return frames, pos
+        good = position + len(payload)
+    return frames, good
 
 
 class Journal:
