@@ -1,4 +1,4 @@
-"""glibc's malloc arenas in the worker.
+"""glibc's malloc arenas in the worker and the broker's journal proxy.
 
 glibc gives a thread that finds the main heap locked an arena of its own, up to eight per
 core, and memory freed into an arena stays with it. The worker's threads (librdkafka's
@@ -36,3 +36,17 @@ def limit_arenas(count: int) -> bool:
     applied = bool(mallopt(M_ARENA_MAX, count))
     log.debug("malloc arenas capped at %d: %s", count, applied)
     return applied
+
+
+def trim_heap() -> bool:
+    """Give freed heap memory back to the system (``malloc_trim``). True if glibc did.
+
+    The journal proxy calls it after a compaction and a replay, which allocate and free the
+    retained records in a thread: its RSS otherwise kept each replay's high-water mark."""
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = (ctypes.c_size_t,)
+    malloc_trim.restype = ctypes.c_int
+    return bool(malloc_trim(0))

@@ -58,10 +58,11 @@ from typing import Any, Final
 
 from streambill.broker import journal as jr
 from streambill.broker import wire
-from streambill.broker.compaction import Retention, compact
+from streambill.broker.compaction import DAY_MS, Retention, compact
 from streambill.broker.journal import Journal
 from streambill.broker.process import ChildProcess, free_port, tcp_accepts
 from streambill.broker.replay import replay
+from streambill.malloc import limit_arenas, trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +355,7 @@ class JournalProxy:
             time.monotonic() - started,
         )
         await asyncio.to_thread(old.stop)
+        trim_heap()
 
     async def _quiesce(self) -> None:
         """With new requests held back: let every open request finish, then close every
@@ -626,8 +628,12 @@ def _fill(slot: asyncio.Future[bytes | None], frame: bytes | None) -> None:
 
 
 async def _main(args: argparse.Namespace) -> None:
+    limit_arenas(2)  # before any thread: compactions and replays run in threads
     journal = Journal.open(Path(args.journal))
-    retention = Retention(default_ms=int(args.retention_hours * 3600 * 1000))
+    retention_ms = int(args.retention_hours * 3600 * 1000)
+    # Tombstones stay as long as other records (Kafka's delete.retention.ms, 24 h, is the
+    # default retention too), so a shorter retention also forgets deletes sooner.
+    retention = Retention(default_ms=retention_ms, tombstone_ms=min(DAY_MS, retention_ms))
     compact_bytes = int(args.compact_mib * 2**20)
     if sum(p.stat().st_size for p in journal.paths() if p.name[0].isdigit()) >= compact_bytes:
         await asyncio.to_thread(compact, journal, retention)  # a shorter replay, now and later
@@ -659,6 +665,7 @@ async def _main(args: argparse.Namespace) -> None:
             args.rotate_batches,
         )
         proxy.coordinator_topics.update(restored.topics)
+        trim_heap()  # the replay's records are gone
         listen_host, _, listen_port = args.listen.rpartition(":")
         await proxy.serve(listen_host, int(listen_port), stop)
         log.info(
