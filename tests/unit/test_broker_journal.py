@@ -150,3 +150,20 @@ def test_a_compaction_killed_half_way_leaves_the_journal_as_it_was(tmp_path: Pat
     reopened = Journal.open(tmp_path)
     assert [e.offset for e in reopened.entries() if isinstance(e, CommitEntry)] == [9, 10]
     assert [p.name[:6] for p in reopened.paths()] == ["checkp", "000000"]
+
+
+def test_a_fetch_asks_for_at_most_the_cap() -> None:
+    for version, replica in ((11, True), (16, False)):
+        body = (wire.i32(-1) if replica else b"") + wire.i32(500) + wire.i32(1) + wire.i32(50 << 20)
+        frame = bytearray(
+            wire.i16(wire.FETCH) + wire.i16(version) + wire.i32(3) + wire.enc_string("c")
+        )
+        if version >= 12:
+            frame += b"\x00"  # header tags
+        frame += body + b"\x00" * 8
+        header = wire.request_header(frame)
+        assert wire.cap_fetch_bytes(frame, header, 8 << 20)
+        at = header.body_at + (4 if replica else 0)
+        assert wire.Reader(frame, at).i32() == 500  # the wait is untouched
+        assert wire.Reader(frame, at + 8).i32() == 8 << 20
+        assert not wire.cap_fetch_bytes(frame, header, 8 << 20)

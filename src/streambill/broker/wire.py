@@ -33,6 +33,7 @@ INIT_PRODUCER_ID: Final = 22
 # First flexible (compact, tagged) version of each API we decode.
 _FLEXIBLE_FROM: Final = {
     PRODUCE: 9,
+    FETCH: 12,
     OFFSET_COMMIT: 8,
     METADATA: 9,
     API_VERSIONS: 3,
@@ -592,3 +593,17 @@ def offset_commit_frame(
         for item in items:
             parts += [i32(item.partition), i64(item.offset), enc_string(item.metadata)]
     return b"".join(parts)
+
+
+def cap_fetch_bytes(frame: bytearray, header: RequestHeader, limit: int) -> bool:
+    """Lower a Fetch request's response size limit (``max_bytes``, v3 on) to ``limit`` in
+    place; True when it was higher. The fields before it have a fixed size: the replica id
+    (until v14), the wait and the minimum."""
+    if header.api_version < 3:
+        return False
+    at = header.body_at + (4 if header.api_version < 15 else 0) + 8
+    current = _I32.unpack_from(frame, at)[0]
+    if current <= limit:
+        return False
+    _I32.pack_into(frame, at, limit)
+    return True
