@@ -185,8 +185,10 @@ def test_100k_events_balances_match_an_independent_recomputation(stack: Stack) -
     elapsed = time.monotonic() - started
     print(f"100k run: {unique} entries in {elapsed:.1f} s ({unique / elapsed:.0f}/s)")
 
-    # The api agrees with the ledger for every customer (its live view trails by < 1 s).
-    deadline = time.monotonic() + 30
+    # The api agrees with the ledger for every customer (its live view trails the sink, which
+    # now syncs each ClickHouse part before it commits: 100k events take it longer to drain
+    # on a loaded 2-core machine, so the deadline is 60 s; it missed 30 s once in CI).
+    deadline = time.monotonic() + 60
     pending = set(per_customer)
     while pending and time.monotonic() < deadline:
         for cid in sorted(pending):
