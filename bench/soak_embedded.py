@@ -1,4 +1,4 @@
-"""Soak: the embedded stack after the equivalent of 30 days of demo traffic (issue 19, point 3).
+"""Soak: the embedded stack after the equivalent of 30 days of demo traffic.
 
 How the 30 days are simulated. Time is compressed uniformly: the run ages the stack by
 ``--days`` simulated days in ``--minutes`` real minutes, so one simulated day lasts

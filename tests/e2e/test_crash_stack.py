@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import orjson
@@ -62,10 +62,10 @@ from streambill.broker.testing import (
 )
 from streambill.stack import READY_LINE
 from streambill.streams import topics
+from waiting import NotYet, eventually
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 MICRO = Decimal("0.000001")
 CUSTOMERS = 10
 READY_TIMEOUT_S = 150.0
@@ -79,22 +79,6 @@ ABANDON = 0.3  # of the events unacknowledged at a kill, never re-sent
 KILLS = 5
 ACK_AGE_MAX_S = 2.0  # traffic flows at a kill: something was acknowledged this recently
 STOP_TIMEOUT_S = 150.0  # up stops children one after another, up to 30 s each
-
-
-class NotYet(AssertionError):
-    """A condition polled by :func:`eventually` did not come true in time."""
-
-
-def eventually(fn: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.1) -> T:
-    """Poll ``fn`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise NotYet(f"{what}: not within {timeout_s:.0f} s (last: {value!r})")
-        time.sleep(every_s)
 
 
 # -- processes ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 from streambill.broker import EmbeddedBroker, ensure_topics
 from streambill.broker.process import free_port, pid_alive
 from streambill.streams.topics import TopicSpec
+from waiting import eventually
 
 pytestmark = pytest.mark.integration
 TOPIC = TopicSpec("test.journal.v1", 3)
@@ -45,12 +46,13 @@ def freeze_and_kill(broker: EmbeddedBroker) -> None:
         os.kill(pid, signal.SIGSTOP)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+
+    def dead() -> bool:
         for child in broker.processes:
             child.poll()  # reap
-        time.sleep(0.01)
-    assert not any(pid_alive(pid) for pid in pids)
+        return not any(pid_alive(pid) for pid in pids)
+
+    eventually(dead, 10, "the broker's processes dead", every_s=0.01)
     broker.stop(timeout_s=1)  # releases the data dir's lock; the processes are gone
 
 
@@ -162,10 +164,8 @@ def test_every_acknowledged_and_every_read_record_survives_five_kills(tmp_path: 
         before = len(acked)
         with Traffic(broker.bootstrap, round_no) as traffic:
             # Kill once this round's traffic is well under way, at a random moment after.
-            deadline = time.monotonic() + 30
-            while len(traffic.acked) < 2000 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.5))
+            eventually(lambda: len(traffic.acked) >= 2000, 30, "2,000 acks", every_s=0.01)
+            time.sleep(rng.uniform(0.0, 0.5))  # the kill moment: random, not a wait
             freeze_and_kill(broker)
         acked += traffic.acked
         consumed += traffic.consumed
@@ -205,9 +205,7 @@ def test_group_offsets_topics_and_acks0_records_come_back(tmp_path: Path) -> Non
         producer.produce(COMPACT.name, b"v%d" % i, b"k%d" % (i % 5), partition=i % 2)
     assert producer.flush(10) == 0
     # acks=0 gets no answer: wait until the broker shows them, then commit a position.
-    deadline = time.monotonic() + 10
-    while len(read_all(broker.bootstrap, COMPACT)) < 300 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: len(read_all(broker.bootstrap, COMPACT)) == 300, 10, "300 acks=0 records")
     group = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "keeper"})
     group.commit(offsets=[TopicPartition(COMPACT.name, 1, 77)], asynchronous=False)
     group.close()

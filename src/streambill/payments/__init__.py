@@ -1,4 +1,4 @@
-"""Payments: Stripe top-ups, signed webhooks and auto top-up (issue 4, under way).
+"""Payments: Stripe top-ups, signed webhooks and auto top-up.
 
 - :mod:`streambill.payments.signature` -- ``Stripe-Signature`` verification: HMAC-SHA256 over
   ``"<t>.<raw body>"``, compared in constant time, accepted only within a tolerance of the
