@@ -477,9 +477,9 @@ class JournalProxy:
         elif header.api_key == wire.FETCH:
             # A fetch answer passes through (and may wait in) the proxy whole: clients ask
             # for up to 50 MiB each, which grew the proxy to 2.5 GB under the bench.
-            out = bytearray(frame)
-            if wire.cap_fetch_bytes(out, header, FETCH_MAX_BYTES):
-                request.frame_out = bytes(out)
+            capped = wire.cap_fetch_bytes(frame, header, FETCH_MAX_BYTES)
+            if capped is not None:
+                request.frame_out = capped
         elif header.api_key == wire.OFFSET_COMMIT:
             request.commits = wire.offset_commit_request(frame, header)
         elif header.api_key == wire.CREATE_TOPICS:

@@ -595,15 +595,15 @@ def offset_commit_frame(
     return b"".join(parts)
 
 
-def cap_fetch_bytes(frame: bytearray, header: RequestHeader, limit: int) -> bool:
-    """Lower a Fetch request's response size limit (``max_bytes``, v3 on) to ``limit`` in
-    place; True when it was higher. The fields before it have a fixed size: the replica id
-    (until v14), the wait and the minimum."""
+def cap_fetch_bytes(frame: bytes, header: RequestHeader, limit: int) -> bytes | None:
+    """The Fetch request with its response size limit (``max_bytes``, v3 on) lowered to
+    ``limit``, or None when it asks for no more (no copy then). The fields before it have
+    a fixed size: the replica id (until v14), the wait and the minimum."""
     if header.api_version < 3:
-        return False
+        return None
     at = header.body_at + (4 if header.api_version < 15 else 0) + 8
-    current = _I32.unpack_from(frame, at)[0]
-    if current <= limit:
-        return False
-    _I32.pack_into(frame, at, limit)
-    return True
+    if _I32.unpack_from(frame, at)[0] <= limit:
+        return None
+    out = bytearray(frame)
+    _I32.pack_into(out, at, limit)
+    return bytes(out)
