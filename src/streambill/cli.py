@@ -15,6 +15,9 @@ from streambill.settings import load_settings
 @click.version_option(package_name="streambill")
 def main() -> None:
     """streambill: streaming real-time prepaid billing."""
+    from streambill.shutdown import exit_when_orphaned
+
+    exit_when_orphaned()  # only in a process that `streambill up` started
 
 
 @main.command()

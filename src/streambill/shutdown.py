@@ -16,6 +16,7 @@ import os
 import select
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -93,3 +94,32 @@ def stop_on_signals(
     finally:
         for restored, old in previous.items():
             signal.signal(restored, old)  # type: ignore[arg-type]
+
+
+PARENT_ENV = "STREAMBILL_PARENT_PID"
+ORPHAN_GRACE_S = 40.0
+
+
+def exit_when_orphaned(grace_s: float = ORPHAN_GRACE_S, every_s: float = 1.0) -> bool:
+    """In a process that ``streambill up`` started: once ``up`` is gone, give the process
+    ``grace_s`` to stop by itself, then end it with SIGKILL.
+
+    ``up`` asks the kernel to send its children SIGTERM when it dies (``PR_SET_PDEATHSIG``),
+    and each stops cleanly from there. But a child whose stop hangs (a worker's Kafka client
+    that waits for a broker that died with ``up``) has nobody left to kill it and would run
+    on as an orphan, holding its port and its data. A daemon thread watches the parent pid
+    given in :data:`PARENT_ENV`; nothing runs without it. Returns whether it watches.
+    """
+    expected = os.environ.get(PARENT_ENV, "")
+    if not expected.isdigit():
+        return False
+    parent = int(expected)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        time.sleep(grace_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+    return True

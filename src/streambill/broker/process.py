@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from streambill.broker.errors import DataDirLocked, PortInUse
+from streambill.shutdown import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,15 @@ class ChildProcess:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log_file.write(f"\n=== {stamp} start: {' '.join(self.argv)}\n".encode())
             log_file.flush()
+            # The child's orphan watchdog (streambill.shutdown.exit_when_orphaned).
+            env = dict(self.env if self.env is not None else os.environ)
+            env[PARENT_ENV] = str(os.getpid())
             self._popen = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env=env,
                 start_new_session=True,
                 preexec_fn=_die_with_parent(self.death_signal, os.getpid()),
             )

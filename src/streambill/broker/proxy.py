@@ -62,6 +62,7 @@ from streambill.broker.journal import Journal
 from streambill.broker.process import ChildProcess, free_port, tcp_accepts
 from streambill.broker.replay import replay
 from streambill.malloc import limit_arenas, trim_heap
+from streambill.shutdown import exit_when_orphaned
 
 log = logging.getLogger(__name__)
 
@@ -723,6 +724,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    exit_when_orphaned()  # the broker stops with `up`, even when its own stop hangs
     parser = argparse.ArgumentParser(prog="streambill-broker-journal", description=__doc__)
     parser.add_argument("--journal", required=True, help="the journal's directory")
     parser.add_argument("--coordinator", required=True, help="host:port of the groups' Tansu")
