@@ -228,12 +228,15 @@ def _quiesce(settings: Settings, timeout_s: float = QUIET_TIMEOUT_S) -> None:
 
 
 class CpuMeter:
-    """CPU time the workers, the api and the ml process spend on a phase, past what they
-    use idle.
+    """CPU time the workers, the api, the ml process and the embedded broker spend on a
+    phase, past what they use idle.
 
     Throughput alone hides work that runs behind the ledger (the commissions agent, the
-    sink): the phase counts until every process is idle again, and the idle rate measured
-    before it (polling loops) is taken off.
+    sink, the models): the phase counts until every process is idle again, and the idle rate
+    measured before it (polling loops) is taken off. A sample that fails (a /metrics answer
+    slower than its timeout on a saturated machine) is taken again: giving up there ended the
+    phase early, left the CPU figures out and started the latency phase while the models
+    were still catching up.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -245,11 +248,26 @@ class CpuMeter:
         ml = f"http://127.0.0.1:{settings.ml_port}/metrics"
         if cpu_seconds([ml]) is not None:
             self.groups["ml"] = [ml]
-        # The embedded broker: the stack's pid files (none with an external Kafka).
-        self.broker_pids = support_pids(settings.data_dir / "run")
+        # The embedded broker's processes, from the stack's pid files (none with an external
+        # Kafka). Read again at every sample: a journal rotation replaces the data broker.
+        self.run_dir = settings.data_dir / "run"
+        self.metered_broker = bool(support_pids(self.run_dir))
+        self.proc_cpu: dict[int, float] = {}  # pid -> CPU seconds when last seen
         self.idle: dict[str, float] = {}
         self.start: dict[str, float] = {}
         self.started = 0.0
+
+    def _broker_seconds(self) -> float | None:
+        """CPU seconds of every broker process seen so far: one that exited keeps what it
+        had used when last seen; one that started since counts from zero."""
+        pids = support_pids(self.run_dir)
+        if not pids:
+            return None
+        for pid in pids:
+            used = proc_cpu_seconds([pid])
+            if used is not None:
+                self.proc_cpu[pid] = used
+        return sum(self.proc_cpu.values())
 
     def _now(self) -> dict[str, float] | None:
         out = {}
@@ -258,26 +276,38 @@ class CpuMeter:
             if value is None:
                 return None
             out[name] = value
-        if self.broker_pids:
-            broker = proc_cpu_seconds(self.broker_pids)
+        if self.metered_broker:
+            broker = self._broker_seconds()
             if broker is None:
                 return None
             out["broker"] = broker
         return out
 
+    def _sample(self, deadline: float) -> dict[str, float] | None:
+        """The next sample, taken again (each second) while one fails, until ``deadline``."""
+        while True:
+            time.sleep(CPU_IDLE_SAMPLE_S)
+            now = self._now()
+            if now is not None or time.monotonic() > deadline:
+                return now
+
     def begin(self) -> bool:
         """Wait until the processes settle (what the setup started has finished: two
         one-second CPU rates in a row within the margin), then take those as the idle rates."""
+        if not all(self.groups.values()):
+            _progress("cpu: no /metrics from the workers or the api; cpu figures left out")
+            return False
         deadline = time.monotonic() + CPU_SETTLE_TIMEOUT_S
-        before = self._now()
+        before = self._sample(deadline)
         usage: dict[str, float] | None = None
+        at = time.monotonic()
         while before is not None:
-            time.sleep(CPU_IDLE_SAMPLE_S)
-            now = self._now()
+            now = self._sample(deadline)
             if now is None:
                 before = None
                 break
-            new = {k: (now[k] - before[k]) / CPU_IDLE_SAMPLE_S for k in now}
+            elapsed, at = time.monotonic() - at, time.monotonic()
+            new = {k: (now[k] - before[k]) / elapsed for k in now}
             settled = usage is not None and all(
                 abs(new[k] - usage[k]) <= CPU_IDLE_MARGIN for k in new
             )
@@ -285,7 +315,7 @@ class CpuMeter:
             if settled or time.monotonic() > deadline:
                 break
         if before is None or usage is None:
-            _progress("cpu: no /metrics from the workers or the api; cpu figures left out")
+            _progress("cpu: the processes' /metrics did not answer; cpu figures left out")
             return False
         self.idle = usage
         self.start, self.started = before, time.monotonic()
@@ -295,20 +325,24 @@ class CpuMeter:
     def end(self, events: int) -> dict[str, float]:
         """Wait until every process is back to its idle rate; µs of CPU per event each."""
         deadline = time.monotonic() + CPU_SETTLE_TIMEOUT_S
-        last = self._now()
+        last = self._sample(deadline)
+        at = time.monotonic()
+        settled = False
         while last is not None and time.monotonic() < deadline:
-            time.sleep(CPU_IDLE_SAMPLE_S)
-            now = self._now()
+            now = self._sample(deadline)
             if now is None:
                 break
-            busy = any(
-                (now[k] - last[k]) / CPU_IDLE_SAMPLE_S > self.idle[k] + CPU_IDLE_MARGIN for k in now
-            )
+            elapsed, at = time.monotonic() - at, time.monotonic()
+            busy = any((now[k] - last[k]) / elapsed > self.idle[k] + CPU_IDLE_MARGIN for k in now)
             last = now
             if not busy:
+                settled = True
                 break
         if last is None:
+            _progress("cpu: the processes' /metrics stopped answering; cpu figures left out")
             return {}
+        if not settled:
+            _progress(f"cpu: still busy after {CPU_SETTLE_TIMEOUT_S:.0f} s; counted until now")
         elapsed = time.monotonic() - self.started
         figures: dict[str, float] = {"busy_s": round(elapsed, 2)}
         total = 0.0
