@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     unknown_customer_retry_s: float = Field(default=90.0, ge=0)
     # Producer duplicates of an event_id are ignored for at least this long.
     dedup_window_s: int = Field(default=8 * 24 * 3600, ge=7 * 24 * 3600)
+    # Payments' dedup records are kept this long (payments are few); a payment older than
+    # this less an hour is dead-lettered as ``stale_payment``, never applied (docs/contract.md).
+    payment_dedup_window_s: int = Field(default=400 * 24 * 3600, ge=8 * 24 * 3600)
     # Kafka session timeout; short so that group joins on the embedded broker take seconds.
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
     # Idempotent producers. The embedded broker (Tansu 0.6) on its s3 storage engine failed

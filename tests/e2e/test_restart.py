@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def test_contract_events_from_kafka_restart_keeps_every_balance(tmp_path: Path) 
                 "kind": "topup",
                 "amount": "20.00",
                 "currency": "EUR",
-                "occurred_at": "2026-11-25T10:00:00+00:00",
+                "occurred_at": datetime.now(UTC).isoformat(),  # payments must be recent
                 "provider": "stripe",
                 "provider_ref": f"pi_{cid}",
             }

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from pipeline import (
 from streambill.broker.testing import memory_broker
 from streambill.streams import topics
 
+# Payments older than the payment window (400 days) are dead-lettered as stale.
+RECENT = datetime.now(UTC).replace(microsecond=0).isoformat()
 pytestmark = pytest.mark.integration
 PARTITIONS = 4
 METERS = {
@@ -87,7 +90,7 @@ def workload(
                 "kind": kind,
                 "amount": amount,
                 "currency": currency[cid],
-                "occurred_at": "2026-11-25T10:00:00+00:00",
+                "occurred_at": RECENT,
                 "provider": "stripe",
                 "provider_ref": f"pi_{n}",
             }
@@ -269,9 +272,21 @@ def test_malformed_inputs_are_dead_lettered_and_neighbours_apply(stack: Stack) -
                 "kind": "topup",
                 "amount": "5.00",
                 "currency": "USD",
-                "occurred_at": "2026-11-25T10:00:00+00:00",
+                "occurred_at": RECENT,
             },
             "currency_mismatch",
+        ),
+        (
+            topics.PAYMENTS,
+            {  # a payment older than the payment window: whether it was applied is unknown
+                "event_id": "old",
+                "customer_id": "cus_dl",
+                "kind": "topup",
+                "amount": "5.00",
+                "currency": "EUR",
+                "occurred_at": (datetime.now(UTC) - timedelta(days=401)).isoformat(),
+            },
+            "stale_payment",
         ),
         (topics.USAGE, b'{"pad": "' + b"x" * (1024 * 1024) + b'"}', "invalid_event"),
     ]

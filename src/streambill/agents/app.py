@@ -43,6 +43,11 @@ class BytesKeyed(MutableMapping[str, Any]):
         data = getattr(self._store, "data", None)
         return data if isinstance(data, dict) else self._store
 
+    @property
+    def raw(self) -> dict[bytes, Any]:
+        """The store's dict itself, bytes keys and all."""
+        return self._data
+
     def get(self, key: str, default: Any = None) -> Any:
         return self._data.get(key.encode(), default)
 

@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from streambill.agents.offsets import assigned_consumer, store_offsets, stored_offsets
 from streambill.agents.publisher import Publisher
 from streambill.control.models import CommissionCheckpoint, ExchangeRate
+from streambill.domain.commissions import KINDS
 from streambill.engine.balances import Message, Record, partition_for
 from streambill.engine.commissions import (
     FACTS,
@@ -66,7 +67,7 @@ TICK_S: Final = 0.25
 # Rates are re-read from this long before the newest one seen (rows committed late).
 RATES_OVERLAP: Final = timedelta(minutes=5)
 # Ledger kinds that count for commissions; the rest are not forwarded.
-FORWARDED: Final = frozenset({b"usage", b"topup", b"refund", b"chargeback"})
+FORWARDED: Final = frozenset(kind.encode() for kind in KINDS)
 
 FACTS_TOTAL = Counter("streambill_commission_ledger_read_total", "Ledger entries read to re-key")
 ENTRIES_TOTAL = Counter("streambill_commission_entries_total", "Commission entries emitted")

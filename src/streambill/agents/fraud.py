@@ -95,7 +95,7 @@ def decode_payment(raw: bytes, reseller_of: Any) -> Payment | None:
         obj = orjson.loads(raw)
         customer_id = obj["customer_id"]
         kind = obj["kind"]
-        if kind not in ("topup", "refund", "chargeback", "adjustment"):
+        if kind not in ("topup", "refund", "chargeback", "adjustment"):  # reversals: not scored
             return None
         return Payment(
             str(obj["event_id"]),

@@ -31,7 +31,7 @@ from streambill.agents.positions import TP, BrokerOffsets, SourcePositions
 from streambill.agents.publisher import CHANGELOGS, Publisher
 from streambill.agents.source import SourceReader
 from streambill.control import db
-from streambill.engine.balances import BalanceEngine
+from streambill.engine.balances import EXPIRY_BUCKET_S, BalanceEngine
 from streambill.engine.commissions import ResellerAccount
 from streambill.gctune import apply_gc_threshold
 from streambill.malloc import limit_arenas
@@ -64,9 +64,12 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
         partitions=settings.topic_partitions,
         accounts=account_cache,
         balances=BytesKeyed(tables.balances.data),
-        dedup=BytesKeyed(tables.dedup.data),
+        # The dedup records are used with the table's own bytes keys, which the expiry
+        # index then shares (a list slot per record instead of a second key).
+        dedup=BytesKeyed(tables.dedup.data).raw,
         unknown_customer_retry_s=settings.unknown_customer_retry_s,
         dedup_window_s=settings.dedup_window_s,
+        payment_window_s=settings.payment_dedup_window_s,
     )
     offsets = BrokerOffsets(settings.bootstrap, topics.APP_ID, settings.fetch_max_wait_ms)
 
@@ -170,6 +173,7 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
                 continue
             if state["parked_index_stale"]:
                 engine.rebuild_parked_index()
+                engine.rebuild_dedup_index()
                 await runtime.redeliver(owned())
                 state["parked_index_stale"] = False
             await runtime.sweep(owned())
@@ -220,7 +224,7 @@ def build_worker_app(settings: Settings) -> tuple[faust.App, BalancesRuntime]:
     async def follow_accounts() -> None:
         await follower.run(cast(Any, app.tables).recovery.completed.wait())
 
-    @app.timer(3600.0)
+    @app.timer(float(EXPIRY_BUCKET_S))
     async def expire_dedup() -> None:
         if ready():
             await runtime.expire_dedup(owned())

@@ -26,7 +26,7 @@ from typing import Any, Final, NamedTuple
 from clickhouse_connect.driver.client import Client
 
 from streambill.analytics.rows import CommissionRow, utc
-from streambill.domain.commissions import Plan
+from streambill.domain.commissions import BASE_SIGN, KINDS, Plan
 from streambill.domain.fx import RateTable
 from streambill.domain.money import DECIMAL_CONTEXT, MICROS_PER_UNIT, round_micros
 
@@ -107,7 +107,7 @@ SELECT reseller_id, customer_id, seq, kind, meter, quantity, amount_micros, curr
        toDate(occurred_at, {tz:String}) AS day
 FROM ledger FINAL
 WHERE reseller_id IN {r:Array(String)}
-  AND kind IN ('usage', 'refund', 'chargeback', 'topup')
+  AND kind IN {kinds:Array(String)}
 """
 
 
@@ -118,7 +118,7 @@ def ledger_facts(client: Client, plans: Mapping[str, Plan]) -> Iterator[LedgerFa
     for reseller_id, plan in plans.items():
         by_zone[plan.timezone].append(reseller_id)
     for zone, resellers in sorted(by_zone.items()):
-        parameters = {"tz": zone, "r": sorted(resellers)}
+        parameters = {"tz": zone, "r": sorted(resellers), "kinds": sorted(KINDS)}
         with client.query_row_block_stream(_FACTS_SQL, parameters=parameters) as stream:
             for block in stream:
                 for r in block:
@@ -200,8 +200,8 @@ def _tally(tally: _Reseller, plan: Plan, rates: RateTable, fact: LedgerFact) -> 
         tally.usage_months[fact.customer_id].add(month)
         if fact.meter == plan.high_usage_meter:
             tally.units[(fact.customer_id, month)] += fact.quantity
-    else:  # refund, chargeback
-        tally.base[month] -= amount
+    else:  # refunds, chargebacks and their reversals
+        tally.base[month] += BASE_SIGN[fact.kind] * amount
 
 
 def _bonuses(tally: _Reseller, plan: Plan) -> dict[str, int]:

@@ -46,8 +46,10 @@ SELECT toYYYYMM(posted_at, {{tz:String}}) AS month,
        argMin(balance_micros - amount_micros, seq), argMax(balance_micros, seq),
        sumIf(amount_micros, kind = 'topup'),
        sumIf(amount_micros, kind = 'usage'),
-       sumIf(amount_micros, kind IN ('refund', 'chargeback')),
-       sumIf(amount_micros, kind NOT IN ('topup', 'usage', 'refund', 'chargeback')),
+       sumIf(amount_micros, kind IN ('refund', 'chargeback', 'refund_reversal',
+                                     'chargeback_reversal')),
+       sumIf(amount_micros, kind NOT IN ('topup', 'usage', 'refund', 'chargeback',
+                                         'refund_reversal', 'chargeback_reversal')),
        count(), min(seq), max(seq)
 FROM ({_ENTRIES})
 GROUP BY month ORDER BY month DESC

@@ -221,6 +221,62 @@ class StripeEvent(Base):
     received_at: Mapped[datetime]
 
 
+class MoneyMovement(Base):
+    """Every money movement streambill learned of from Stripe, by its payment event id: a
+    top-up (the PaymentIntent id), a refund (``re_…``) and its reversal, a chargeback
+    (``dp_…``) and its reinstatement. Written in the transaction that puts the payment event
+    into the outbox, so an id is sent once however late another announcement of it comes;
+    kept for ever (a few hundred bytes per payment). Top-ups are also the index refunds and
+    disputes find their customer through (``payment_intent_id``)."""
+
+    __tablename__ = "money_movements"
+
+    event_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(24))
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    stripe_event_id: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+
+
+class StripeRefund(Base):
+    """A refund's state as streambill acted on it: debited once when it is pending or
+    succeeded, credited back once when it fails or is canceled after that; a refund seen
+    failed or canceled first is never debited."""
+
+    __tablename__ = "stripe_refunds"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(128), index=True)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    charge_id: Mapped[str | None] = mapped_column(String(255))
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(24))
+    debited_at: Mapped[datetime | None]
+    reversed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class StripeDispute(Base):
+    """A dispute's state: its funds withdrawn (a chargeback) and reinstated, each once."""
+
+    __tablename__ = "stripe_disputes"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(128), index=True)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    charge_id: Mapped[str | None] = mapped_column(String(255))
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(40))
+    withdrawn_at: Mapped[datetime | None]
+    reinstated_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
 class TopupAttempt(Base):
     """One attempt to charge a customer: an auto top-up or a Checkout top-up.
 

@@ -45,7 +45,17 @@ from zoneinfo import ZoneInfo
 from streambill.domain.money import MICROS_PER_UNIT, scale_micros
 from streambill.errors import InvalidEvent
 
-KINDS: Final = frozenset({"usage", "refund", "chargeback", "topup"})
+# How each ledger kind moves a month's base: usage adds, refunds and chargebacks take off,
+# and their reversals (a refund that failed after it was debited, a dispute's funds
+# reinstated) give back what those took. A top-up moves no base (it counts for bonuses).
+BASE_SIGN: Final = {
+    "usage": 1,
+    "refund": -1,
+    "chargeback": -1,
+    "refund_reversal": 1,
+    "chargeback_reversal": 1,
+}
+KINDS: Final = frozenset(BASE_SIGN) | {"topup"}
 DEDUP_MAX: Final = 1_000_000
 
 
@@ -258,8 +268,7 @@ class ResellerBook:
         month = self.plan.month_of(fact.occurred_at)
         if fact.kind == "topup":
             return self._topup(fact, month, customer)
-        sign = 1 if fact.kind == "usage" else -1
-        out = [] if defer else self._accrue(fact, month, sign * fact.amount_micros)
+        out = [] if defer else self._accrue(fact, month, BASE_SIGN[fact.kind] * fact.amount_micros)
         if fact.kind == "usage":
             customer.usage_months.add(month)
             out += self._high_usage(fact, month)

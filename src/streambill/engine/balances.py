@@ -24,11 +24,12 @@ the sinks collapse by id.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import orjson
 from aiokafka.partitioner import murmur2
@@ -130,6 +131,66 @@ def dead_letter_message(rec: Record, code: str, reason: str, failed_at: str) -> 
     return Message(topics.DEADLETTER, rec.partition, key, orjson.dumps(letter))
 
 
+# Payments' dedup records are kept much longer than usage's (they are few: a few per customer
+# a month), and a payment is applied only while its record would outlive any copy of it: one
+# whose ``occurred_at`` is older than the payment window less this margin goes to the dead
+# letters (``stale_payment``) instead. The margin covers the seconds to minutes between the
+# announcements of one payment (an auto top-up's own event and Stripe's webhook name the
+# same PaymentIntent with different times) and clocks that differ.
+PAYMENT_WINDOW_S: Final = 400 * 86_400
+STALE_MARGIN_S: Final = 3600
+# The expiry index's resolution: a record leaves at most this long after its window ends.
+EXPIRY_BUCKET_S: Final = 60
+
+
+def record_time(raw: bytes) -> int:
+    """When a dedup record's window started: the second field of ``[seq, time, offset]``.
+
+    >>> record_time(b"[12,1764064800,99]")
+    1764064800
+    """
+    return int(raw.split(b",", 2)[1])
+
+
+class ExpiryIndex:
+    """Dedup keys by the time bucket they expire in, oldest first.
+
+    Holds the table's own key objects (no copies): a list slot per record. A key written
+    again later is indexed twice; the older slot finds the record younger and is dropped.
+    """
+
+    __slots__ = ("bucket_s", "buckets", "oldest")
+
+    def __init__(self, bucket_s: int = EXPIRY_BUCKET_S) -> None:
+        self.bucket_s = bucket_s
+        self.buckets: dict[int, list[bytes]] = {}
+        self.oldest: int | None = None
+
+    def add(self, key: bytes, at_s: int) -> None:
+        bucket = at_s // self.bucket_s
+        keys = self.buckets.get(bucket)
+        if keys is None:
+            keys = self.buckets[bucket] = []
+            if self.oldest is None or bucket < self.oldest:
+                self.oldest = bucket
+        keys.append(key)
+
+    def due(self, cutoff_s: float) -> list[bytes]:
+        """The keys of every bucket that began before ``cutoff_s``, removed from the index
+        (the caller indexes again those of the last one that are not due yet)."""
+        last = math.ceil(cutoff_s / self.bucket_s) - 1
+        if self.oldest is None or self.oldest > last:
+            return []
+        out: list[bytes] = []
+        for bucket in sorted(b for b in self.buckets if b <= last):
+            out.extend(self.buckets.pop(bucket))
+        self.oldest = min(self.buckets) if self.buckets else None
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self.buckets.values())
+
+
 class _Batch:
     """Mutable working set of one batch: loaded states and the outputs so far."""
 
@@ -142,7 +203,8 @@ class _Batch:
         self.states: dict[str, tuple[int, CustomerState]] = {}
         # Customers whose state changed in this batch: only these are written back.
         self.dirty: set[str] = set()
-        self.dedup: dict[str, tuple[int, bytes | None]] = {}
+        # dedup key -> (partition, record, the time its window counts from)
+        self.dedup: dict[bytes, tuple[int, bytes, int]] = {}
         self.out = Outputs(batch_no=engine.batch_no)
 
     def state(self, customer_id: str, partition: int, *, change: bool = True) -> CustomerState:
@@ -171,7 +233,7 @@ class _Batch:
             self.dirty.add(customer_id)
         return held[1]
 
-    def dedup_offset(self, dedup_key: str) -> int | None:
+    def dedup_offset(self, dedup_key: bytes) -> int | None:
         """The source offset a dedup record was applied from (None: no record)."""
         held = self.dedup.get(dedup_key)
         raw = held[1] if held is not None else self.engine.dedup.get(dedup_key)
@@ -196,14 +258,27 @@ class _Batch:
             entry = orjson.loads(text)
             source = entry["source_topic"]
             short = "u" if source == topics.USAGE else "p"
-            dedup_key = f"{customer_id}\x1f{short}\x1f{entry['source_event_id']}"
+            dedup_key = f"{customer_id}\x1f{short}\x1f{entry['source_event_id']}".encode()
             offset = state.offsets.get(source, -1)
-            self.dedup[dedup_key] = (partition, b"[%d,%d,%d]" % (entry["seq"], at_s, offset))
+            held = self.dedup_at(dedup_key)
+            since = max(at_s, held) if held is not None else at_s
+            record = b"[%d,%d,%d]" % (entry["seq"], since, offset)
+            self.dedup[dedup_key] = (partition, record, since)
 
-    def remember(self, dedup_key: str, partition: int, seq: int, offset: int) -> None:
+    def dedup_at(self, dedup_key: bytes) -> int | None:
+        """When an existing record's window started (None: no record)."""
+        raw = self.engine.dedup.get(dedup_key)
+        return record_time(raw) if raw is not None else None
+
+    def remember(
+        self, dedup_key: bytes, partition: int, seq: int, offset: int, since: int | None = None
+    ) -> None:
+        """A dedup record for an applied event; its window counts from ``since`` (a payment's
+        ``occurred_at`` when that is later than now), else from now."""
+        at_s = max(int(self.now_s), since) if since is not None else int(self.now_s)
         # Byte-identical to ``orjson.dumps([seq, ts, offset])``; orjson's output keeps a
         # ~4 KB allocation per object, which a value held in the table for days cannot afford.
-        self.dedup[dedup_key] = (partition, b"[%d,%d,%d]" % (seq, int(self.now_s), offset))
+        self.dedup[dedup_key] = (partition, b"[%d,%d,%d]" % (seq, at_s, offset), at_s)
 
     def emit(self, message: Message, state: CustomerState | None) -> None:
         """Queue ``message``; with ``state``, also into its outbox (published atomically
@@ -228,11 +303,10 @@ class _Batch:
 
     def finish(self) -> Outputs:
         engine = self.engine
-        for dedup_key, (partition, raw) in self.dedup.items():
+        for dedup_key, (partition, raw, at_s) in self.dedup.items():
             engine.dedup[dedup_key] = raw
-            self.out.dedup.append(
-                Message(topics.DEDUP_CHANGELOG, partition, dedup_key.encode(), raw)
-            )
+            engine.expiry.add(dedup_key, engine.expires_at(dedup_key, at_s))
+            self.out.dedup.append(Message(topics.DEDUP_CHANGELOG, partition, dedup_key, raw))
         for customer_id in self.dirty:
             partition, state = self.states[customer_id]
             state.tag = self.tag
@@ -259,9 +333,10 @@ class BalanceEngine:
         partitions: int,
         accounts: AccountLookup,
         balances: MutableMapping[str, Any],
-        dedup: MutableMapping[str, Any],
+        dedup: MutableMapping[bytes, bytes],
         unknown_customer_retry_s: float,
         dedup_window_s: int,
+        payment_window_s: int = PAYMENT_WINDOW_S,
     ) -> None:
         self.partitions = partitions
         self.accounts = accounts
@@ -269,6 +344,9 @@ class BalanceEngine:
         self.dedup = dedup
         self.unknown_customer_retry_s = unknown_customer_retry_s
         self.dedup_window_s = dedup_window_s
+        self.payment_window_s = max(payment_window_s, dedup_window_s)
+        # Dedup keys by when their record expires.
+        self.expiry = ExpiryIndex()
         # customer id -> partition, for customers with usage parked before their account.
         self.parked_customers: dict[str, int] = {}
         # customer id -> when its oldest parked event arrived (epoch s).
@@ -328,20 +406,54 @@ class BalanceEngine:
                 batch.dirty.add(customer_id)
         return batch.finish()
 
-    def expire_dedup(self, owned: set[int], now_s: float, limit: int = 50_000) -> list[Message]:
-        """Tombstones for dedup records older than the window, at most ``limit`` a call."""
-        cutoff = now_s - self.dedup_window_s
+    def expires_at(self, key: bytes, at_s: int) -> int:
+        """When a dedup record written at ``at_s`` expires: a payment's after the payment
+        window, a usage event's after the dedup window."""
+        payment = key.split(b"\x1f", 2)[1:2] == [b"p"]
+        return at_s + (self.payment_window_s if payment else self.dedup_window_s)
+
+    def expire_dedup(self, owned: set[int], now_s: float) -> list[Message]:
+        """Tombstones for the dedup records of owned partitions whose window has passed.
+
+        Each run removes everything that expired since the one before, whatever the rate:
+        the records come out of the expiry index by time, so a run costs what it removes,
+        not what the table holds. Records of partitions owned elsewhere are dropped here
+        without a tombstone (their owner writes it).
+        """
         out: list[Message] = []
-        for key, raw in list(self.dedup.items()):
-            if len(out) >= limit:
-                break
-            if raw is None or orjson.loads(raw)[1] >= cutoff:
+        for key in self.expiry.due(now_s):
+            raw = self.dedup.get(key)
+            if raw is None:
+                continue  # gone already
+            expires = self.expires_at(key, record_time(raw))
+            if expires > now_s:
+                # Not due yet: in the bucket ``now_s`` falls in, indexed again; written again
+                # later, it is indexed in that later bucket already.
+                if expires < now_s + self.expiry.bucket_s:
+                    self.expiry.add(key, expires)
                 continue
-            partition = self.partition_of(key.split("\x1f", 1)[0])
+            del self.dedup[key]
+            partition = self.partition_of(key.split(b"\x1f", 1)[0].decode())
             if partition in owned:
-                del self.dedup[key]
-                out.append(Message(topics.DEDUP_CHANGELOG, partition, key.encode(), None))
+                out.append(Message(topics.DEDUP_CHANGELOG, partition, key, None))
         return out
+
+    def rebuild_dedup_index(self) -> None:
+        """After recovery (records restored from the changelog or a snapshot, not written
+        here): index every record by when it expires."""
+        self.expiry = ExpiryIndex(self.expiry.bucket_s)
+        for key, raw in self.dedup.items():
+            if isinstance(key, bytes) and raw is not None:
+                self.expiry.add(key, self.expires_at(key, record_time(raw)))
+
+    def _stale(self, since: int, now_s: float) -> str:
+        occurred = datetime.fromtimestamp(since, UTC).isoformat()
+        days = self.payment_window_s / 86400
+        return (
+            f"payment occurred at {occurred}, more than the {days:g}-day payment window less "
+            f"{STALE_MARGIN_S} s before it arrived: whether it was applied can no longer be "
+            "told, so it is not applied again; book what is owed as an adjustment"
+        )
 
     def rebuild_parked_index(self) -> None:
         """After recovery: find the customers whose stored state holds parked usage."""
@@ -398,9 +510,16 @@ class BalanceEngine:
         event: Event,
         rec: Record,
     ) -> None:
-        short = "u" if rec.topic == topics.USAGE else "p"
-        dedup_key = f"{account.account_id}\x1f{short}\x1f{event.event_id}"
+        usage = rec.topic == topics.USAGE
+        short = "u" if usage else "p"
+        dedup_key = f"{account.account_id}\x1f{short}\x1f{event.event_id}".encode()
         consumed = state.offsets.get(rec.topic, -1)
+        since: int | None = None
+        if not usage:
+            since = int(event.occurred_at.timestamp())
+            if since < batch.now_s - self.payment_window_s + STALE_MARGIN_S:
+                batch.dead_letter(rec, "stale_payment", self._stale(since, batch.now_s), state)
+                return
         if is_duplicate(batch.dedup_offset(dedup_key), rec.offset, consumed):
             batch.out.duplicates += 1
             return
@@ -416,7 +535,7 @@ class BalanceEngine:
         except StreambillError as exc:
             batch.dead_letter(rec, exc.code, exc.message, state)
             return
-        batch.remember(dedup_key, rec.partition, state.seq, rec.offset)
+        batch.remember(dedup_key, rec.partition, state.seq, rec.offset, since)
         key = account.account_id.encode()
         batch.emit(Message(topics.LEDGER, rec.partition, key, orjson.dumps(applied.entry)), state)
         if applied.alert is not None:

@@ -50,6 +50,7 @@ from typing import Any, Final
 import orjson
 
 from streambill.domain.commissions import (
+    BASE_SIGN,
     KINDS,
     CommissionEntry,
     Fact,
@@ -275,7 +276,7 @@ class CommissionPartition:
         self, book: ResellerBook, fact: Fact, source: dict[str, Any], fx: Conversion | None
     ) -> None:
         month = book.plan.month_of(fact.occurred_at)
-        delta = fact.amount_micros if fact.kind == "usage" else -fact.amount_micros
+        delta = BASE_SIGN[fact.kind] * fact.amount_micros
         if fx is None:
             key: tuple[str, ...] = (book.reseller_id, month, fact.kind, source["currency"], "", "")
         else:

@@ -88,6 +88,14 @@ def _translate(exc: stripe.StripeError) -> StripeProblem:
     return StripeRejected(str(exc), code=exc.code, status=status)
 
 
+# The API version every request names, so the shapes of the objects and of the events made
+# for them cannot change under the code (the library's own default moves with its
+# releases). docs/payments.md says what this version implies for refunds and disputes.
+# Webhook endpoints must be created with the same version (Stripe renders an event in the
+# endpoint's version).
+STRIPE_API_VERSION: Final = "2026-10-28.endive"
+
+
 @dataclass(frozen=True)
 class StripeConfig:
     api_key: str
@@ -111,6 +119,7 @@ class StripeGateway:
         self._client = stripe.StripeClient(
             config.api_key,
             base_addresses=bases,
+            stripe_version=STRIPE_API_VERSION,
             http_client=self._http,
             max_network_retries=0,
         )
@@ -200,6 +209,13 @@ class StripeGateway:
 
     async def payment_intent(self, payment_intent_id: str) -> dict[str, Any]:
         return await self._call(self.v1.payment_intents.retrieve_async(payment_intent_id))
+
+    async def charge(self, charge_id: str) -> dict[str, Any]:
+        return await self._call(self.v1.charges.retrieve_async(charge_id))
+
+    async def refunds_of(self, charge_id: str) -> list[dict[str, Any]]:
+        """Every refund of a charge (``charge.refunded`` no longer lists them)."""
+        return [r async for r in self._pages(self.v1.refunds.list_async, {"charge": charge_id})]
 
     async def find_attempt(
         self, stripe_customer: str, attempt_key: str, since: int

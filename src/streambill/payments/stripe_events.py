@@ -1,23 +1,29 @@
-"""Stripe webhook events -> ``billing.payments.v1`` events, as pure functions.
+"""Stripe webhook events -> what they say about money, as pure functions.
 
 Exactly once, whatever the order and however often Stripe sends an event, rests on ids:
 
 - a top-up's ``event_id`` is its PaymentIntent id. A Checkout payment announces itself twice
   (``checkout.session.completed`` with ``payment_status: paid``, then
   ``payment_intent.succeeded``), a SEPA Checkout as ``checkout.session.async_payment_succeeded``;
-  all of them name the same PaymentIntent, so the balances agent applies the credit once.
-- a refund's ``event_id`` is the Refund id (``re_…``): ``charge.refunded`` lists every refund of
-  the charge so far, and each becomes one event, repeated harmlessly in later deliveries.
-- a chargeback's ``event_id`` is the Dispute id; a dispute closed as ``won`` gives the money
-  back as an ``adjustment`` with ``<dispute id>:won``.
+  all of them name the same PaymentIntent, so it is credited once
+  (:func:`payment_events`; the customer is ``metadata.customer_id``, which streambill sets
+  on every PaymentIntent and Checkout Session it makes).
+- refunds and disputes are read as facts (:func:`money_facts`): Stripe announces a refund
+  with ``refund.created`` / ``refund.updated`` / ``refund.failed`` /
+  ``charge.refund.updated`` (a ``charge.refunded`` no longer lists the refunds since API
+  version 2022-11-15), a dispute's money with ``charge.dispute.funds_withdrawn`` and
+  ``charge.dispute.funds_reinstated``. Neither object carries our customer; which customer,
+  and whether money moves now, is decided against what was recorded before
+  (:mod:`streambill.payments.money`).
 
 Stripe amounts are integers in the currency's minor unit; EUR, USD and GBP have two decimals.
-An event that is not about a streambill customer (no ``customer_id`` in the metadata) maps to
+A top-up that is not a streambill customer's (no ``customer_id`` in the metadata) maps to
 nothing, and so does a payment that did not succeed (the auto top-up agent handles failures).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -121,61 +127,140 @@ def _intent_succeeded(intent: dict[str, Any], created: str) -> list[dict[str, An
     return [_payment(intent_id, customer, "topup", amount, currency, created, intent_id)]
 
 
-def _refunded(charge: dict[str, Any], created: str) -> list[dict[str, Any]]:
-    customer = _customer(charge)
-    if customer is None:
-        return []
+@dataclass(frozen=True, slots=True)
+class RefundFact:
+    """What a Stripe event says about one refund. Its customer is not on it (a refund's
+    metadata is its own, empty unless someone set it): it is found through the payment
+    intent or charge that was credited (:mod:`.money`)."""
+
+    refund_id: str
+    status: str  # pending | requires_action | succeeded | failed | canceled
+    amount_minor: int
+    currency: str
+    payment_intent: str | None
+    charge: str | None
+    occurred_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeFact:
+    """What a Stripe event says about one dispute: ``movement`` is ``withdrawn`` (the funds
+    left: a chargeback), ``reinstated`` (they came back) or None (a status change only)."""
+
+    dispute_id: str
+    movement: str | None
+    status: str
+    amount_minor: int
+    currency: str
+    payment_intent: str | None
+    charge: str | None
+    occurred_at: str
+
+
+REFUND_STATUSES: Final = frozenset(
+    {"pending", "requires_action", "succeeded", "failed", "canceled"}
+)
+
+
+def refund_fact(refund: dict[str, Any], created: str) -> RefundFact:
+    """A Refund object as a fact; raises :class:`InvalidEvent` when it is not one."""
+    refund_id = _id(refund)
+    status = refund.get("status")
+    if refund_id is None or not isinstance(status, str) or status not in REFUND_STATUSES:
+        raise InvalidEvent("a refund without an id or with an unknown status")
+    currency = str(refund.get("currency", ""))
+    amount = refund.get("amount")
+    major_units(amount, currency)  # validates amount and currency
+    assert isinstance(amount, int)
+    return RefundFact(
+        refund_id,
+        status,
+        amount,
+        currency.upper(),
+        _id(refund.get("payment_intent")),
+        _id(refund.get("charge")),
+        created,
+    )
+
+
+def refunds_listed(charge: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The refunds a Charge object carries (API versions before 2022-11-15, or ``refunds``
+    expanded), None when it carries none (the current shape of ``charge.refunded``)."""
     refunds = (charge.get("refunds") or {}).get("data")
     if not isinstance(refunds, list) or not refunds:
-        raise InvalidEvent("charge.refunded without its refunds")
-    out = []
-    for refund in refunds:
-        if not isinstance(refund, dict) or refund.get("status") not in ("succeeded", "pending"):
-            continue  # failed or canceled refunds took no money
-        refund_id = _id(refund)
-        if refund_id is None:
-            raise InvalidEvent("a refund without an id")
-        currency = str(refund.get("currency") or charge.get("currency", ""))
-        amount = major_units(refund.get("amount"), currency)
-        out.append(_payment(refund_id, customer, "refund", amount, currency, created, refund_id))
-    return out
+        return None
+    return [r for r in refunds if isinstance(r, dict)]
 
 
-def _dispute_created(dispute: dict[str, Any], created: str) -> list[dict[str, Any]]:
-    customer = _customer(dispute)
+_DISPUTE_MOVES: Final = {
+    "charge.dispute.funds_withdrawn": "withdrawn",
+    "charge.dispute.funds_reinstated": "reinstated",
+}
+DISPUTE_TYPES: Final = frozenset(
+    {*_DISPUTE_MOVES, "charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed"}
+)
+REFUND_TYPES: Final = frozenset(
+    {"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"}
+)
+
+
+def dispute_fact(kind: str, dispute: dict[str, Any], created: str) -> DisputeFact:
     dispute_id = _id(dispute)
-    if customer is None or dispute_id is None:
-        return []
+    if dispute_id is None:
+        raise InvalidEvent("a dispute without an id")
     currency = str(dispute.get("currency", ""))
-    amount = major_units(dispute.get("amount"), currency)
-    return [_payment(dispute_id, customer, "chargeback", amount, currency, created, dispute_id)]
+    amount = dispute.get("amount")
+    major_units(amount, currency)
+    assert isinstance(amount, int)
+    return DisputeFact(
+        dispute_id,
+        _DISPUTE_MOVES.get(kind),
+        str(dispute.get("status") or ""),
+        amount,
+        currency.upper(),
+        _id(dispute.get("payment_intent")),
+        _id(dispute.get("charge")),
+        created,
+    )
 
 
-def _dispute_closed(dispute: dict[str, Any], created: str) -> list[dict[str, Any]]:
-    customer = _customer(dispute)
-    dispute_id = _id(dispute)
-    if customer is None or dispute_id is None or dispute.get("status") != "won":
-        return []  # lost: the chargeback stands
-    currency = str(dispute.get("currency", ""))
-    amount = major_units(dispute.get("amount"), currency)
-    return [
-        _payment(f"{dispute_id}:won", customer, "adjustment", amount, currency, created, dispute_id)
-    ]
+def money_facts(event: dict[str, Any]) -> list[RefundFact | DisputeFact] | None:
+    """The refunds and disputes a Stripe event is about: a list (perhaps empty), or None for
+    a ``charge.refunded`` in the current shape, whose refunds must be listed from the API.
+    Raises :class:`InvalidEvent` like :func:`payment_events`."""
+    kind = event.get("type")
+    obj = (event.get("data") or {}).get("object")
+    if not isinstance(kind, str) or not isinstance(obj, dict):
+        raise InvalidEvent("not a Stripe event (type and data.object)")
+    if kind in REFUND_TYPES:
+        return [refund_fact(obj, _at(event.get("created")))]
+    if kind in DISPUTE_TYPES:
+        return [dispute_fact(kind, obj, _at(event.get("created")))]
+    if kind == "charge.refunded":
+        listed = refunds_listed(obj)
+        if listed is None:
+            return None
+        created = _at(event.get("created"))
+        return [refund_fact(r, created) for r in listed]
+    return []
 
 
 _HANDLERS = {
     "checkout.session.completed": _checkout,
     "checkout.session.async_payment_succeeded": _checkout,
     "payment_intent.succeeded": _intent_succeeded,
-    "charge.refunded": _refunded,
-    "charge.dispute.created": _dispute_created,
-    "charge.dispute.closed": _dispute_closed,
 }
 # Every type the webhook acts on (money, attempts, saved payment methods): what the
 # reconciler takes in when its webhook never arrived.
-HANDLED_TYPES: Final = frozenset(_HANDLERS) | {
-    "checkout.session.async_payment_failed",
-    "checkout.session.expired",
-    "payment_intent.payment_failed",
-    "setup_intent.succeeded",
-}
+HANDLED_TYPES: Final = (
+    frozenset(_HANDLERS)
+    | REFUND_TYPES
+    | DISPUTE_TYPES
+    | {
+        "charge.refunded",
+        "checkout.session.async_payment_failed",
+        "checkout.session.expired",
+        "payment_intent.payment_failed",
+        "setup_intent.succeeded",
+    }
+)

@@ -136,14 +136,18 @@ class UsageEvent(_Event):
         return v
 
 
-PaymentKind = Literal["topup", "refund", "chargeback", "adjustment"]
+PaymentKind = Literal[
+    "topup", "refund", "chargeback", "adjustment", "refund_reversal", "chargeback_reversal"
+]
 
 
 class PaymentEvent(_Event):
     """``billing.payments.v1``, key ``customer_id``.
 
     ``topup`` credits, ``refund`` and ``chargeback`` debit (their amount is positive),
-    ``adjustment`` adds its signed amount.
+    ``adjustment`` adds its signed amount. ``refund_reversal`` (a refund that failed or was
+    canceled after it was debited) and ``chargeback_reversal`` (a dispute's funds
+    reinstated) credit back what the refund or chargeback took.
     """
 
     event_id: str = Field(min_length=1, max_length=128)
@@ -284,7 +288,9 @@ def decode_account(raw: bytes | str) -> AccountEvent:
 
 # The ISO 8601 forms pydantic and datetime.fromisoformat read alike; others go to pydantic.
 _ISO_AWARE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})")
-_PAYMENT_KINDS = frozenset(("topup", "refund", "chargeback", "adjustment"))
+_PAYMENT_KINDS = frozenset(
+    ("topup", "refund", "chargeback", "adjustment", "refund_reversal", "chargeback_reversal")
+)
 CURRENCIES = frozenset(("EUR", "USD", "GBP"))
 
 
