@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = None
     database_url: str | None = None
     api_host: str = "127.0.0.1"
+    # Where the worker's and the ml process's web ports (health, readiness, metrics) listen:
+    # loopback unless an orchestrator's probes and scrapers need them, behind its network
+    # policies (docs/deploy.md). They answer nothing a client needs.
+    internal_host: str = "127.0.0.1"
     api_port: int = 8000
     # The worker's own HTTP port (/healthz, /readyz, /metrics); `up` gives worker i port + i.
     worker_port: int = 6066
@@ -138,8 +142,12 @@ class Settings(BaseSettings):
     # Requests per second per API key or session (token bucket), and the burst above it.
     api_rate_limit_per_s: float = Field(default=1000.0, gt=0)
     api_rate_burst: int = Field(default=2000, ge=1)
-    # Login attempts per minute per client address and e-mail (slows password guessing).
+    # Login attempts (each a ~190 ms argon2id check, off the event loop): per minute per
+    # e-mail across addresses (slows password guessing), per minute per client address
+    # (a storm from one place), and per second for the whole api process.
     login_attempts_per_min: int = Field(default=10, ge=1)
+    login_per_address_per_min: int = Field(default=30, ge=1)
+    login_overall_per_s: float = Field(default=5.0, gt=0)
     # Request bodies: POST /v2/usage (up to 1,000 events), everything else.
     api_max_usage_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024)

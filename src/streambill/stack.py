@@ -405,8 +405,20 @@ def _dashboard_rows(settings: Settings, password: str | None) -> list[tuple[str,
     for login in demo_logins.banner_logins():
         host = f"{login.slug}.{settings.dashboard_base_domain}" if login.slug else "127.0.0.1"
         rows.append((login.area, f"http://{host}:{port}/{login.area}  ({login.email})"))
-    rows.append(("password", f"{password}  (every demo sign-in)"))
+    where = (
+        "STREAMBILL_DEMO_PASSWORD"
+        if settings.demo_password
+        else str(settings.data_dir / DEMO_PASSWORD_FILE)
+    )
+    rows.append(("password", f"in {where}  (every demo sign-in)"))
     return rows
+
+
+def _admin_key_source(settings: Settings, data_dir: Path) -> str:
+    """Where the admin key is, never the key: a banner ends up in logs and terminals."""
+    if settings.admin_api_key:
+        return "STREAMBILL_ADMIN_API_KEY (from the environment)"
+    return f"in {data_dir / ADMIN_KEY_FILE} (mode 0600)"
 
 
 def _print_banner(
@@ -427,7 +439,7 @@ def _print_banner(
         rows.append(("ml", f"http://127.0.0.1:{settings.ml_port}/metrics"))
     rows += [
         ("kafka", f"{bootstrap} ({kafka})"),
-        ("admin key", admin_key),
+        ("admin key", _admin_key_source(settings, stack.data_dir)),
         ("data dir", str(stack.data_dir)),
         ("logs", str(stack.log_dir)),
         ("demo", "on" if stack.demo is not None else "off (STREAMBILL_DEMO=1 turns it on)"),

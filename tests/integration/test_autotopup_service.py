@@ -7,6 +7,7 @@ never reached Stripe, a worker that died between recording and calling, declines
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -326,3 +327,53 @@ async def test_a_success_whose_publish_failed_is_published_by_the_resolver(world
     await world.service.on_credits([world.credit("pi_1")])
     await resolve(world, after_s=60)
     assert len(world.published) == 1 and len(world.stripe.calls) == 1
+
+
+async def test_a_broken_account_never_stops_the_others_top_ups(world: World) -> None:
+    """One account among 100 holds an auto top-up the api now refuses (sub-cent amount,
+    written before the check or by hand): it is skipped, and the 99 others are charged in
+    the same decision, well within 5 s."""
+    async with world.sessions.begin() as session:
+        for n in range(2, 101):
+            session.add(
+                Tenant(
+                    id=f"cus_{n}",
+                    kind="customer",
+                    name=f"C{n}",
+                    currency="EUR",
+                    status="active",
+                    prices=[],
+                    auto_topup={
+                        "enabled": True,
+                        "threshold": "5.00",
+                        "amount": "20.005" if n == 50 else "20.00",
+                    },
+                    stripe_customer_id=f"cus_stripe_{n}",
+                    payment_method_id=f"pm_{n}",
+                    version=1,
+                    created_at=world.now[0],
+                    updated_at=world.now[0],
+                )
+            )
+    entries = [
+        Entry(f"cus_{n}", 1, "usage", f"e{n}", 4_000_000, world.now[0]) for n in range(1, 101)
+    ]
+    started_at = time.monotonic()
+    started = await world.service.on_low(entries)
+    await world.service.wait_idle()
+    elapsed = time.monotonic() - started_at
+    assert sorted(started) == sorted(f"at_cus_{n}_1" for n in range(1, 101) if n != 50)
+    assert elapsed < 5, elapsed
+    assert {c["metadata"]["customer_id"] for c in world.stripe.calls} == {
+        f"cus_{n}" for n in range(1, 101) if n != 50
+    }
+    assert {p["customer_id"] for p in world.published} == {
+        f"cus_{n}" for n in range(1, 101) if n != 50
+    }
+    # Fixed, the broken one is charged at its next crossing.
+    async with world.sessions.begin() as session:
+        broken = await session.get(Tenant, "cus_50")
+        assert broken is not None
+        broken.auto_topup = {"enabled": True, "threshold": "5.00", "amount": "20.01"}
+    again = await world.service.on_low([Entry("cus_50", 2, "usage", "f", 4_000_000, world.now[0])])
+    assert again == ["at_cus_50_1"]

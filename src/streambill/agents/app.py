@@ -116,9 +116,15 @@ def create_faust_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=8192,
         stream_wait_empty=False,
         web_enabled=True,
-        web_bind=settings.api_host,
+        web_bind=settings.internal_host,
         web_port=settings.worker_port,
-        web_host=settings.api_host,
+        web_host=settings.internal_host,
+        # Faust's own pages would show any table's values (/table) and which worker holds a
+        # key (/router): off. The worker serves only /healthz, /readyz and /metrics.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
         # A crashed agent stops the worker with a non-zero exit instead of being restarted
         # every 5 s forever while its partitions stand still.
         agent_supervisor=CrashingSupervisor,

@@ -200,7 +200,7 @@ async def _main(settings: Settings) -> int:
         loop.add_signal_handler(sig, process.stopping.set)
     runner = web.AppRunner(process.web_app())
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", settings.ml_port)
+    site = web.TCPSite(runner, settings.internal_host, settings.ml_port)
     await site.start()
     log.info("streambill ml: /readyz on http://127.0.0.1:%d", settings.ml_port)
     try:

@@ -25,7 +25,7 @@ from streambill.api.graphql import graphql_router
 from streambill.api.ingest import UsageProducer
 from streambill.api.limits import BodyLimit
 from streambill.api.live import LiveFeed, LiveHub
-from streambill.api.ratelimit import RateLimiter
+from streambill.api.ratelimit import LoginGuard, RateLimiter
 from streambill.api.routes import (
     admin,
     alerts,
@@ -126,8 +126,10 @@ def create_app(settings: Settings) -> FastAPI:
                 producer=producer,
                 relay=relay,
                 limiter=RateLimiter(settings.api_rate_limit_per_s, settings.api_rate_burst),
-                login_limiter=RateLimiter(
-                    settings.login_attempts_per_min / 60.0, settings.login_attempts_per_min
+                login_guard=LoginGuard(
+                    per_address_per_min=settings.login_per_address_per_min,
+                    per_email_per_min=settings.login_attempts_per_min,
+                    overall_per_s=settings.login_overall_per_s,
                 ),
                 hub=hub,
                 feed=feed,

@@ -18,7 +18,7 @@ from streambill.analytics.sink import ClickHouseSink
 from streambill.api.ingest import UsageProducer
 from streambill.api.live import LiveFeed, LiveHub
 from streambill.api.origins import origin_allowed
-from streambill.api.ratelimit import RateLimiter
+from streambill.api.ratelimit import LoginGuard, RateLimiter
 from streambill.control.outbox import OutboxRelay
 from streambill.control.plane import ControlPlane
 from streambill.control.principal import Principal
@@ -42,14 +42,20 @@ class ApiRuntime:
     producer: UsageProducer
     relay: OutboxRelay
     limiter: RateLimiter
-    login_limiter: RateLimiter
+    login_guard: LoginGuard
     hub: LiveHub
     feed: LiveFeed
     # None while STREAMBILL_STRIPE_API_KEY is unset: payment routes answer 503 unavailable.
     stripe: StripeGateway | None = None
 
     def payments(self) -> Payments:
-        return Payments(self.control, self.stripe, self.settings.public_base_url)
+        return Payments(
+            self.control,
+            self.stripe,
+            self.settings.public_base_url,
+            return_origins=self.settings.origins if self.settings.allowed_origins else frozenset(),
+            dashboard_base_domain=self.settings.dashboard_base_domain,
+        )
 
     async def close_credential(self, credential_id: str) -> None:
         """A key or session ended: forget it here and close the sockets it opened."""

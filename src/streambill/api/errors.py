@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -17,7 +18,22 @@ from streambill.errors import RateLimited, StreambillError
 
 log = logging.getLogger(__name__)
 
+# What the database driver raises when the control database cannot be reached or is gone
+# mid-request (connection refused, reset, pool timeout; SQLite locked or unopenable).
+DATABASE_DOWN: Final = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.DisconnectionError,
+    ConnectionRefusedError,
+    ConnectionResetError,
+)
+# pydantic error types raised by streambill's own validators, answered as the error code.
+OWN_VALIDATION_CODES: Final = frozenset({"invalid_money_amount"})
 STATUS_BY_CODE: Final[dict[str, int]] = {
+    "invalid_money_amount": 422,
+    "control_db_unavailable": 503,
+    "return_url_not_allowed": 422,
     "invalid_json": 400,
     "invalid_signature": 400,
     "invalid_event": 422,
@@ -80,6 +96,23 @@ def install(app: FastAPI) -> None:
             headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(error_body(exc.code, exc.message), status_code=status, headers=headers)
 
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # The control database is down or unreachable: the request may succeed later.
+        log.warning(
+            "control database unavailable: %s %s: %s", request.method, request.url.path, exc
+        )
+        return JSONResponse(
+            error_body("control_db_unavailable", "the control database is unavailable"),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    # Handlers of these classes answer inside the app (a handler for ``Exception`` answers
+    # from the outermost middleware, which re-raises and makes the server drop the
+    # connection).
+    for kind in DATABASE_DOWN:
+        app.add_exception_handler(kind, _database_down)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug: logged with its traceback; the client gets the usual shape, never a trace.
@@ -94,8 +127,12 @@ def install(app: FastAPI) -> None:
             return JSONResponse(
                 error_body("invalid_json", "the body is not valid JSON"), status_code=400
             )
+        # A validation with a code of its own (money fields: ``invalid_money_amount``) keeps it.
+        kind = str(first.get("type", ""))
+        code = kind if kind in OWN_VALIDATION_CODES else "invalid_request"
         return JSONResponse(
-            error_body("invalid_request", f"{where}: {first.get('msg')}"), status_code=422
+            error_body(code, f"{where}: {first.get('msg')}"),
+            status_code=422,
         )
 
     @app.exception_handler(StarletteHTTPException)

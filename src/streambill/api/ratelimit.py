@@ -70,3 +70,37 @@ class RateLimiter:
                 f"rate limit of {self._rate:g} requests/s exceeded",
                 retry_after_s=max(1, math.ceil(wait_s)),
             )
+
+
+class LoginGuard:
+    """Who may try a password now, decided before any hashing.
+
+    A password check costs ~190 ms of CPU (argon2id), so a stream of logins is a way to
+    stall the api. Three token buckets, each answering 429 with ``Retry-After`` when empty:
+    per client address (``per_address_per_min``: a storm from one place, whatever e-mails
+    it tries), per e-mail (``per_email_per_min``, across addresses: guessing one account's
+    password from many), and for the whole process (``overall_per_s``: what the hashing
+    pool can take without queueing). The overall bucket is taken last, so a client held by
+    its own limits does not spend the others' share. Checks that pass still wait for a slot
+    in the hashing pool (:class:`~streambill.control.security.PasswordPool`), which refuses
+    with 429 too when it is full.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_address_per_min: float,
+        per_email_per_min: float,
+        overall_per_s: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        clock = {"monotonic": monotonic}
+        self.address = RateLimiter(per_address_per_min / 60.0, per_address_per_min, **clock)
+        self.email = RateLimiter(per_email_per_min / 60.0, per_email_per_min, **clock)
+        self.overall = RateLimiter(overall_per_s, max(1.0, overall_per_s * 2), **clock)
+
+    def check(self, address: str, email: str) -> None:
+        """Raise :class:`RateLimited` when this attempt may not be made now."""
+        self.address.check(address)
+        self.email.check(email.strip().lower())
+        self.overall.check("*")

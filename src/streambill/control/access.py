@@ -30,6 +30,10 @@ CACHE_MAX: Final = 50_000
 LAST_USED_EVERY: Final = timedelta(minutes=1)
 SESSION_LIFETIME: Final = timedelta(hours=12)
 ADMIN_CREDENTIAL: Final = "admin"
+# The bootstrap admin key (``STREAMBILL_ADMIN_API_KEY`` or the data dir's ``admin_api_key``)
+# is retired by revoking this id (``DELETE /v2/api-keys/key_bootstrap``): a row with it,
+# revoked, turns the key away in every replica within the cache's lifetime.
+BOOTSTRAP_KEY_ID: Final = "key_bootstrap"
 
 
 class Authenticator:
@@ -51,11 +55,14 @@ class Authenticator:
         self._cache: OrderedDict[str, tuple[Principal | None, float, datetime | None]] = (
             OrderedDict()
         )
+        self._retired: tuple[bool, float] | None = None  # bootstrap key retired, valid until
 
     async def authenticate(self, token: str) -> Principal | None:
         if not token or len(token) > 512:
             return None
         if self._admin_key is not None and hmac.compare_digest(token.encode(), self._admin_key):
+            if await self._bootstrap_retired():
+                return None
             return Principal("admin", None, None, ADMIN_CREDENTIAL)
         key = digest(token)
         now_m = self._monotonic()
@@ -70,6 +77,18 @@ class Authenticator:
             self._cache.popitem(last=False)
         return principal
 
+    async def _bootstrap_retired(self) -> bool:
+        now_m = self._monotonic()
+        if self._retired is not None and self._retired[1] > now_m:
+            return self._retired[0]
+        async with self._sessions() as session:
+            revoked = await session.scalar(
+                select(ApiKey.revoked_at).where(ApiKey.id == BOOTSTRAP_KEY_ID)
+            )
+        retired = revoked is not None
+        self._retired = (retired, now_m + CACHE_TTL_S)
+        return retired
+
     def forget(self, credential_id: str) -> None:
         """Drop cached principals of a revoked key or session (this process only)."""
         stale = [
@@ -77,6 +96,8 @@ class Authenticator:
         ]
         for k in stale:
             del self._cache[k]
+        if credential_id in (BOOTSTRAP_KEY_ID, ADMIN_CREDENTIAL):
+            self._retired = None
 
     def forget_tenant(self, tenant_id: str) -> None:
         """Drop cached principals bound to a tenant (it was suspended or closed)."""

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Select, false, or_, select
+from sqlalchemy import Select, false, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute
 
-from streambill.control.access import SESSION_LIFETIME
+from streambill.control.access import BOOTSTRAP_KEY_ID, SESSION_LIFETIME
 from streambill.control.models import ApiKey, AuthSession, Tenant, User
 from streambill.control.plane import ControlPlane, audit, page_by_id
 from streambill.control.principal import Principal
@@ -32,11 +32,11 @@ from streambill.control.schemas import (
 from streambill.control.security import (
     digest,
     display_prefix,
-    hash_password,
+    hash_password_off_loop,
     new_api_key,
     new_id,
     new_session_token,
-    verify_password,
+    verify_password_off_loop,
 )
 from streambill.errors import Conflict, Forbidden, NotFound, Unauthorized
 
@@ -148,6 +148,8 @@ async def list_keys(
 
 
 async def revoke_key(cp: ControlPlane, p: Principal, key_id: str) -> ApiKeyPublic:
+    if key_id == BOOTSTRAP_KEY_ID:
+        return await retire_bootstrap_key(cp, p)
     now = cp.clock()
     async with cp.sessions.begin() as session:
         key = await session.scalar(_key_scope(select(ApiKey), p).where(ApiKey.id == key_id))
@@ -161,6 +163,50 @@ async def revoke_key(cp: ControlPlane, p: Principal, key_id: str) -> ApiKeyPubli
     return result
 
 
+async def retire_bootstrap_key(cp: ControlPlane, p: Principal) -> ApiKeyPublic:
+    """Turn the bootstrap admin key away for good. Refused while no other way in exists
+    (an active admin key of its own or an admin user), so the platform cannot be locked out.
+    """
+    if not p.is_admin:
+        raise NotFound(f"api key {BOOTSTRAP_KEY_ID!r} not found")
+    now = cp.clock()
+    async with cp.sessions.begin() as session:
+        row = await session.get(ApiKey, BOOTSTRAP_KEY_ID, with_for_update=True)
+        if row is None:
+            others = await session.scalar(
+                select(func.count())
+                .select_from(ApiKey)
+                .where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))
+            )
+            users = await session.scalar(
+                select(func.count())
+                .select_from(User)
+                .where(User.role == "admin", User.disabled_at.is_(None))
+            )
+            if not others and not users:
+                raise Conflict(
+                    "issue an admin key (POST /v2/api-keys, role admin) or an admin user "
+                    "before the bootstrap key is retired"
+                )
+            row = ApiKey(
+                id=BOOTSTRAP_KEY_ID,
+                role="admin",
+                tenant_id=None,
+                name="bootstrap (STREAMBILL_ADMIN_API_KEY)",
+                display_prefix="sb_admin_…",
+                key_hash=digest(new_api_key("admin")),  # a marker: matches no key
+                created_by=p.label(),
+                created_at=now,
+                last_used_at=None,
+                revoked_at=now,
+            )
+            session.add(row)
+            audit(session, now, p, "api_key.retire_bootstrap", BOOTSTRAP_KEY_ID)
+        result = key_public(row)
+    cp.auth.forget(BOOTSTRAP_KEY_ID)
+    return result
+
+
 def _user_scope(query: Select[User], p: Principal) -> Select[User]:
     return _credential_scope(query, User.tenant_id, p)
 
@@ -171,7 +217,7 @@ async def create_user(cp: ControlPlane, p: Principal, body: UserCreate) -> UserP
     user = User(
         id=new_id("usr"),
         email=body.email.lower(),
-        password_hash=hash_password(body.password),
+        password_hash=await hash_password_off_loop(body.password),
         role=body.role,
         tenant_id=tenant.id if tenant else None,
         name=body.name,
@@ -226,7 +272,7 @@ async def login(
     async with cp.sessions() as session:
         user = await session.scalar(select(User).where(User.email == email.strip().lower()))
         tenant = await session.get(Tenant, user.tenant_id) if user and user.tenant_id else None
-    ok = verify_password(user.password_hash if user else None, password)
+    ok = await verify_password_off_loop(user.password_hash if user else None, password)
     if (
         not ok
         or user is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Final, Generic, Literal, TypeVar
 from zoneinfo import available_timezones
 
 from pydantic import (
@@ -21,10 +21,66 @@ from pydantic import (
     Field,
     StrictBool,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-from streambill.domain.money import MAX_AMOUNT_MICROS, parse_decimal, round_micros
+from streambill.domain.money import MAX_AMOUNT_MICROS, MICROS_PER_UNIT, parse_decimal, round_micros
 from streambill.streams.events import AmountText, AutoTopup, Currency, PriceItem
+
+# Money a customer or reseller sets (auto top-up, alert levels) is refused at the edge
+# unless the account could really be charged or compared in it: whole cents (every
+# currency streambill bills in has two decimals), within the single top-up limits. The
+# worker applies whatever reaches the accounts topic; these keep a bad value from getting
+# there (an auto top-up of 20.005 once restarted the agent every 2 s for ever).
+INVALID_MONEY: Final = "invalid_money_amount"
+TOPUP_MIN_MICROS: Final = 5 * MICROS_PER_UNIT
+TOPUP_MAX_MICROS: Final = 10_000 * MICROS_PER_UNIT
+LEVEL_MAX_MICROS: Final = 1_000_000 * MICROS_PER_UNIT
+CENT_MICROS: Final = MICROS_PER_UNIT // 100
+
+
+def _money_error(field: str, problem: str) -> PydanticCustomError:
+    context = {"field": field, "problem": problem}
+    return PydanticCustomError(INVALID_MONEY, "{field}: {problem}", context)
+
+
+def check_money(field: str, value: Decimal, low_micros: int, high_micros: int) -> Decimal:
+    """``value`` as set by a person: whole cents within ``[low, high]``, else a 422 with
+    ``invalid_money_amount``."""
+    micros = round_micros(value)
+    if value * MICROS_PER_UNIT != micros or micros % CENT_MICROS:
+        raise _money_error(field, f"{value} is not a whole number of cents")
+    if not low_micros <= micros <= high_micros:
+        raise _money_error(
+            field,
+            f"{value} is outside {Decimal(low_micros).scaleb(-6):.2f}.."
+            f"{Decimal(high_micros).scaleb(-6):.2f}",
+        )
+    return value
+
+
+class AutoTopupSetting(AutoTopup):
+    """Auto top-up as a customer or reseller sets it: the threshold in whole cents from 0 to
+    10,000.00, the amount in whole cents within a single top-up's limits (5.00..10,000.00)
+    when it is on."""
+
+    @model_validator(mode="after")
+    def _chargeable(self) -> AutoTopupSetting:
+        check_money("auto_topup.threshold", self.threshold, 0, TOPUP_MAX_MICROS)
+        if self.enabled or self.amount:
+            check_money("auto_topup.amount", self.amount, TOPUP_MIN_MICROS, TOPUP_MAX_MICROS)
+        return self
+
+
+def _level(value: Decimal | None) -> Decimal | None:
+    if value is not None:
+        check_money("low_balance_threshold", value, 0, LEVEL_MAX_MICROS)
+    return value
+
+
+LowBalanceThreshold = Annotated[AmountText | None, AfterValidator(_level)]
+
 
 T = TypeVar("T")
 Status = Literal["active", "suspended", "closed"]
@@ -174,8 +230,8 @@ class CustomerCreate(_In):
     name: Text = Field(min_length=1, max_length=256)
     currency: Currency
     prices: list[PriceItem] = Field(default_factory=list, max_length=256)
-    auto_topup: AutoTopup | None = None
-    low_balance_threshold: AmountText | None = None
+    auto_topup: AutoTopupSetting | None = None
+    low_balance_threshold: LowBalanceThreshold = None
     reseller_id: ObjectId | None = Field(
         default=None, description="The owning reseller (a reseller's own key: itself)."
     )
@@ -204,8 +260,8 @@ class CustomerUpdate(_In):
 
     name: Text | None = Field(default=None, min_length=1, max_length=256)
     prices: list[PriceItem] | None = Field(default=None, max_length=256)
-    auto_topup: AutoTopup | None = None
-    low_balance_threshold: AmountText | None = None
+    auto_topup: AutoTopupSetting | None = None
+    low_balance_threshold: LowBalanceThreshold = None
     status: Status | None = None
 
     _unique = field_validator("prices")(

@@ -8,15 +8,21 @@ are chosen by people, so they get argon2id (argon2-cffi's RFC 9106 low-memory pr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
-from typing import Final
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from streambill.control.principal import Role
+from streambill.errors import RateLimited
+
+T = TypeVar("T")
 
 KEY_PREFIX: Final[dict[str, str]] = {
     "admin": "sb_adm_",
@@ -73,8 +79,48 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{base64.b32encode(raw).decode().rstrip('=').lower()}"
 
 
+class PasswordPool:
+    """argon2id off the event loop, a bounded number at a time.
+
+    A hash or a check takes ~190 ms of CPU; on the api's event loop each one stalled usage
+    ingest, webhooks and every live socket for that long. Here they run on ``workers``
+    threads (argon2-cffi releases the interpreter lock while it hashes), and at most
+    ``waiting`` more may queue: beyond that the attempt is refused at once with 429 rather
+    than queued behind a storm.
+    """
+
+    def __init__(self, workers: int = 2, waiting: int = 8) -> None:
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="passwords")
+        self._limit = workers + waiting
+        self._admitted = 0
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._admitted >= self._limit:
+            raise RateLimited("too many password checks at once", retry_after_s=1)
+        self._admitted += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            self._admitted -= 1
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+
+PASSWORDS: Final = PasswordPool()
+
+
 def hash_password(password: str) -> str:
     return _HASHER.hash(password)
+
+
+async def hash_password_off_loop(password: str) -> str:
+    return await PASSWORDS.run(hash_password, password)
+
+
+async def verify_password_off_loop(password_hash: str | None, password: str) -> bool:
+    return await PASSWORDS.run(verify_password, password_hash, password)
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:

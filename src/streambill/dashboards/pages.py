@@ -202,7 +202,7 @@ def _page_route(area: str) -> None:
 
     async def login(body: LoginRequest, request: Request, runtime: Runtime) -> Response:
         client = request.client.host if request.client else "-"
-        runtime.login_limiter.check(f"{client}|{body.email.strip().lower()}")
+        runtime.login_guard.check(client, body.email)
         try:
             brand, _ = await _brand_for(request, runtime, None)
         except UnknownPortal as exc:

@@ -46,7 +46,6 @@ from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from streambill.control.models import AutoTopupState, Tenant, TopupAttempt
-from streambill.domain.money import to_micros
 from streambill.payments import policy
 from streambill.payments.gateway import StripeGateway, StripeProblem
 from streambill.payments.outcomes import SKIPS, PublishPayments, Settle
@@ -203,7 +202,15 @@ class AutoTopups(Resolver):
             states = await self._states(session, ids, now)
             for entry in entries:
                 tenant = tenants.get(entry.customer_id)
-                charge = self._decide_one(session, entry, tenant, states[entry.customer_id], now)
+                try:
+                    charge = self._decide_one(
+                        session, entry, tenant, states[entry.customer_id], now
+                    )
+                except Exception:  # one customer's problem never stops the others' top-ups
+                    SKIPS.labels("error").inc()
+                    self._quiet[entry.customer_id] = time.monotonic() + HINT_MAX_S
+                    log.exception("auto top-up for %s: decision failed", entry.customer_id)
+                    continue
                 if charge is not None:
                     charges.append(charge)
         return charges
@@ -224,8 +231,15 @@ class AutoTopups(Resolver):
             SKIPS.labels("no_payment_method").inc()
             self._quiet[entry.customer_id] = time.monotonic() + HINT_MAX_S
             return None
-        threshold = to_micros(str(settings.get("threshold", "0")), field="threshold")
-        amount = to_micros(str(settings.get("amount", "0")), field="amount")
+        chargeable = policy.chargeable(settings, tenant.currency)
+        if isinstance(chargeable, str):
+            # Refused at the edge since; an account written before (or by hand) is skipped,
+            # visibly, and every other customer goes on.
+            SKIPS.labels("invalid_settings").inc()
+            self._quiet[entry.customer_id] = time.monotonic() + HINT_MAX_S
+            log.warning("auto top-up for %s skipped: %s", entry.customer_id, chargeable)
+            return None
+        threshold, amount = chargeable
         decision = policy.decide(
             _state_view(state),
             seq=entry.seq,

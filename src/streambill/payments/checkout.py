@@ -39,7 +39,13 @@ from streambill.control.schemas import Page, TopupCreate, TopupPublic
 from streambill.domain.money import MICROS_PER_UNIT, format_micros, parse_decimal, to_micros
 from streambill.errors import Conflict, NotFound, StreambillError
 from streambill.payments.gateway import StripeProblem, StripeUnreachable
-from streambill.payments.payer import Payments, payer, stripe_customer, stripe_failure
+from streambill.payments.payer import (
+    Payments,
+    check_return_urls,
+    payer,
+    stripe_customer,
+    stripe_failure,
+)
 from streambill.payments.stripe_events import MINOR_UNITS
 
 log = logging.getLogger(__name__)
@@ -206,6 +212,7 @@ async def create_topup(
     """The attempt with its Checkout URL, and whether this call created it."""
     tenant = await payer(pay.cp, p, customer_id)
     amount_micros = check_amount(body.amount, tenant.currency)
+    await check_return_urls(pay, tenant, body.success_url, body.cancel_url)
     gateway = pay.stripe()
     key = topup_key(customer_id, idempotency_key) if idempotency_key else None
     existing = await _attempt_by_key(pay.cp, key) if key else None

@@ -26,7 +26,13 @@ from streambill.control.schemas import CheckoutLink, PaymentMethodSetup
 from streambill.errors import NotFound, StreambillError
 from streambill.payments.checkout import CHECKOUT_TTL, payment_method_types
 from streambill.payments.gateway import StripeDeclined, StripeProblem, StripeRejected
-from streambill.payments.payer import Payments, payer, stripe_customer, stripe_failure
+from streambill.payments.payer import (
+    Payments,
+    check_return_urls,
+    payer,
+    stripe_customer,
+    stripe_failure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,7 @@ async def setup_session(
     """A Checkout Session in setup mode: the customer saves a card or a SEPA mandate; the
     ``checkout.session.completed`` webhook stores it."""
     tenant = await payer(pay.cp, p, customer_id)
+    await check_return_urls(pay, tenant, body.success_url, body.cancel_url)
     gateway = pay.stripe()
     sc = await stripe_customer(pay, tenant)
     metadata = {"customer_id": tenant.id, "purpose": "payment_method"}

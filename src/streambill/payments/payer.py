@@ -6,6 +6,7 @@ top-ups (:mod:`.checkout`) and saved payment methods (:mod:`.methods`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from streambill.control.models import Tenant
 from streambill.control.plane import ControlPlane, visible_customer
@@ -34,6 +35,10 @@ class Payments:
     cp: ControlPlane
     gateway: StripeGateway | None
     public_url: str
+    # Origins (scheme://host[:port]) a Checkout may return to besides the tenant's own hosts
+    # (STREAMBILL_ALLOWED_ORIGINS: the integrators' apps the operator trusts).
+    return_origins: frozenset[str] = frozenset()
+    dashboard_base_domain: str = "localhost"
 
     def stripe(self) -> StripeGateway:
         if self.gateway is None:
@@ -46,6 +51,45 @@ def stripe_failure(exc: StripeProblem, what: str) -> StreambillError:
     if isinstance(exc, StripeUnreachable):
         return PaymentProviderUnavailable(f"Stripe did not answer ({what}); retry later")
     return PaymentProviderError(f"Stripe refused {what}: {exc}")
+
+
+class ReturnUrlNotAllowed(StreambillError):
+    code = "return_url_not_allowed"
+
+
+async def check_return_urls(pay: Payments, tenant: Tenant, *urls: str | None) -> None:
+    """Refuse a Checkout return URL on a host that is not the customer's own: an open
+    redirect after payment would carry a customer who just paid to any site.
+
+    Allowed: the api's public address, the customer's reseller's dashboard hosts
+    (``<slug>.<DASHBOARD_BASE_DOMAIN>`` and its custom domain, any port), and the origins in
+    ``STREAMBILL_ALLOWED_ORIGINS``."""
+    given = [u for u in urls if u]
+    if not given:
+        return
+    hosts = {_host(pay.public_url)}
+    if tenant.parent_id:
+        async with pay.cp.sessions() as session:
+            reseller = await session.get(Tenant, tenant.parent_id)
+        if reseller is not None:
+            if reseller.slug:
+                hosts.add(f"{reseller.slug}.{pay.dashboard_base_domain}".lower())
+            if reseller.custom_domain:
+                hosts.add(reseller.custom_domain.lower())
+    for url in given:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}".lower()
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ReturnUrlNotAllowed(f"{url!r} is not an http(s) URL")
+        if parts.hostname.lower() not in hosts and origin not in pay.return_origins:
+            raise ReturnUrlNotAllowed(
+                f"{parts.hostname} is not one of this customer's hosts; allowed: "
+                f"{', '.join(sorted(hosts))} and STREAMBILL_ALLOWED_ORIGINS"
+            )
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
 
 
 async def payer(cp: ControlPlane, p: Principal, customer_id: str) -> Tenant:

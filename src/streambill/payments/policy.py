@@ -34,8 +34,16 @@ datetime.datetime(2026, 11, 28, 0, 0, tzinfo=datetime.timezone.utc)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import Any, Final
+
+from streambill.domain.money import MICROS_PER_UNIT, to_micros
+from streambill.errors import InvalidEvent
+
+# Decimals of each currency's minor unit (what Stripe charges in).
+MINOR_DIGITS: Final = {"EUR": 2, "USD": 2, "GBP": 2}
 
 
 @dataclass(frozen=True)
@@ -117,3 +125,33 @@ def decide(
 def backoff(failures: int, limits: Limits) -> timedelta:
     """The wait after the ``failures``-th decline in a row: the base, doubling each time."""
     return timedelta(seconds=limits.backoff_s * 2 ** max(0, failures - 1))
+
+
+def chargeable(settings: Mapping[str, Any], currency: str) -> tuple[int, int] | str:
+    """(threshold, amount) in micros from an account's ``auto_topup``, or why it cannot be
+    charged: an amount that is not a whole number of the currency's minor units, or is not
+    a positive decimal, is a configuration error (the api refuses both), never a crash.
+
+    >>> chargeable({"threshold": "5.00", "amount": "20.00"}, "EUR")
+    (5000000, 20000000)
+    >>> chargeable({"threshold": "5.00", "amount": "20.005"}, "EUR")
+    'amount 20.005 is not a whole number of EUR minor units'
+    >>> chargeable({"threshold": "x", "amount": "20"}, "EUR")
+    "threshold 'x' is not an amount"
+    """
+    values = []
+    for name in ("threshold", "amount"):
+        raw = settings.get(name, "0")
+        try:
+            micros = to_micros(str(raw), field=name)
+        except InvalidEvent:
+            return f"{name} {raw!r} is not an amount"
+        digits = MINOR_DIGITS.get(currency.upper())
+        if digits is None:
+            return f"currency {currency!r} is not billed in"
+        if micros < 0 or micros % (MICROS_PER_UNIT // 10**digits):
+            return f"{name} {raw} is not a whole number of {currency.upper()} minor units"
+        values.append(micros)
+    if values[1] <= 0:
+        return "amount must be > 0"
+    return values[0], values[1]

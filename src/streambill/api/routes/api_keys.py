@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from streambill.api.deps import CurrentPrincipal, Runtime
 from streambill.api.params import ANY_ID_PATTERN, Cursor
 from streambill.control import identity
+from streambill.control.access import ADMIN_CREDENTIAL, BOOTSTRAP_KEY_ID
 from streambill.control.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, Page
 
 router = APIRouter(prefix="/v2/api-keys", tags=["api keys"])
@@ -46,7 +47,8 @@ async def list_keys(
 @router.delete("/{key_id}", response_model=ApiKeyPublic)
 async def revoke_key(key_id: KeyId, runtime: Runtime, principal: CurrentPrincipal) -> ApiKeyPublic:
     """Revoke a key: at once in this api, within 20 s in other replicas; open WebSockets
-    that used it close within a minute."""
+    that used it close within a minute. ``key_bootstrap`` retires the bootstrap admin key
+    (``STREAMBILL_ADMIN_API_KEY``), once another admin key or admin user exists."""
     result = await identity.revoke_key(runtime.control, principal, key_id)
-    await runtime.close_credential(key_id)
+    await runtime.close_credential(ADMIN_CREDENTIAL if key_id == BOOTSTRAP_KEY_ID else key_id)
     return result

@@ -28,7 +28,7 @@ async def login(
     """Exchange e-mail and password for a session (12 h). The token is in the body for API
     clients and in the ``streambill_session`` cookie (HttpOnly, SameSite=Lax) for pages."""
     client = request.client.host if request.client else "-"
-    runtime.login_limiter.check(f"{client}|{body.email.strip().lower()}")
+    runtime.login_guard.check(client, body.email)
     result = await identity.login(runtime.control, body.email, body.password)
     set_session_cookie(response, result.token, secure=runtime.settings.session_cookie_secure)
     return result
