@@ -42,7 +42,7 @@ class Up:
         self.output = OutputReader(self.proc)
         self.output.wait_for(READY_LINE, 150)
         self.key = (Path(env["STREAMBILL_DATA_DIR"]) / "admin_api_key").read_text().strip()
-        assert self.key in self.output.text()
+        assert self.key not in self.output.text()  # the banner names the file, not the key
 
     def get(self, path: str, **params: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.key}"}
