@@ -268,7 +268,8 @@ async def test_a_refund_of_a_payment_never_recorded_here_finds_its_customer_at_s
     with localstripe(tmp_path) as url:
         sc = client(url)
         card = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"}
-        pm = sc.v1.payment_methods.create(params={"type": "card", "card": card})
+        params: Any = {"type": "card", "card": card}
+        pm = sc.v1.payment_methods.create(params=params)
         intent = sc.v1.payment_intents.create(
             params={
                 "amount": 4_000,
