@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import statistics
 import time
 from collections.abc import Iterator
@@ -224,3 +225,35 @@ def test_chaos_one_intent_per_crossing_and_nothing_uncredited(
         assert set(credited) == charged  # nothing charged is left uncredited
         assert len(credited) == len(set(credited))  # and nothing credited twice
         assert set(lost) <= set(credited)
+
+
+def test_one_broken_account_never_stops_the_others(tmp_path: Path, stripe_url: str) -> None:
+    """One of 100 accounts holds an auto top-up amount the api refuses today ("20.005",
+    written to the control database by hand, as an account from before the check would be).
+    All 100 cross at once: the 99 others are charged within 5 s of the crossing and
+    credited, the broken one is skipped, and the worker keeps running."""
+    env = {"STREAMBILL_STRIPE_API_KEY": API_KEY, "STREAMBILL_STRIPE_API_BASE": stripe_url}
+    with running_api(tmp_path, "sqlite", env) as api:
+        api.stack.start_worker()
+        cids = customers(api, stripe_url, "Poison")
+        broken = cids[37]
+        db = next(tmp_path.rglob("control.db"))
+        with sqlite3.connect(db) as conn:
+            setting = orjson.dumps({"enabled": True, "threshold": "5.00", "amount": "20.005"})
+            query = "update tenants set auto_topup = ? where id = ?"
+            conn.execute(query, (setting.decode(), broken))
+        others = [c for c in cids if c != broken]
+        crossed = time.monotonic()
+        cross_all(api, cids, "poison")
+        pending = list(others)
+        while pending and time.monotonic() - crossed < 5:
+            pending = [c for c in pending if not attempts(api, c)]
+            time.sleep(0.2)
+        started_s = time.monotonic() - crossed
+        assert pending == [], f"{len(pending)} of 99 not started after {started_s:.1f} s"
+        assert wait_credited(api, others, 24_000_000, 60) == []
+        assert attempts(api, broken) == []
+        assert balance(api, broken)["balance_micros"] == 4_000_000
+        (proc, _port), *_ = api.stack.workers
+        assert proc.popen is not None and proc.popen.poll() is None  # the worker still runs
+        print(f"\n99 of 100 auto top-ups started {started_s:.2f} s after the crossing")
