@@ -170,7 +170,7 @@ def _run(stack: _Stack, workers: int, stop: StopRequest) -> int:
             "demo", ["demo", *DEMO_ARGS], {**env, "STREAMBILL_DEMO_PASSWORD": password}
         )
         stack.demo.start()
-    _print_banner(stack, bootstrap, admin_key, password)
+    _print_banner(stack, bootstrap, password)
     return _supervise(stack, stop)
 
 
@@ -421,9 +421,7 @@ def _admin_key_source(settings: Settings, data_dir: Path) -> str:
     return f"in {data_dir / ADMIN_KEY_FILE} (mode 0600)"
 
 
-def _print_banner(
-    stack: _Stack, bootstrap: str, admin_key: str, password: str | None = None
-) -> None:
+def _print_banner(stack: _Stack, bootstrap: str, password: str | None = None) -> None:
     settings = stack.settings
     url = settings.api_url
     kafka = "external" if stack.broker is None else f"embedded, {stack.broker.storage}"

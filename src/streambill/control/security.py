@@ -103,10 +103,6 @@ class PasswordPool:
         finally:
             self._admitted -= 1
 
-    @property
-    def admitted(self) -> int:
-        return self._admitted
-
 
 PASSWORDS: Final = PasswordPool()
 
